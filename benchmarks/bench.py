@@ -1,0 +1,422 @@
+"""Speed and memory of `hpo` against the loop a user would write, measured side by side in one run.
+
+    python benchmarks/bench.py                      # everything at full size (about an hour here)
+    python benchmarks/bench.py --quick              # every part, tiny, in about a minute (CI smoke test)
+    python benchmarks/bench.py --parts trial,ceiling --repeats 5 --json out.json
+
+Parts (see issue 6): `trial` (our objective vs a sequential DataLoader loop), `ceiling` (large-batch
+training throughput of the same network), `study` (an N-trial study with and without pruning),
+`workers` (1 and 2 one-thread workers and 1 two-thread worker on PostgreSQL, and their peak RSS),
+`gpu` (the trial on CUDA, when torch sees one). A Markdown table goes to stdout, JSON to --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from hpo.data import Pairs, cv_pairs, resolve_data_dir  # noqa: E402
+from hpo.model import TwinConfig, TwinNet  # noqa: E402
+from hpo.objective import Objective, train_config, trial_seeds  # noqa: E402
+from hpo.rng import generator  # noqa: E402
+from hpo.spec import StudySpec, load_spec  # noqa: E402
+
+DEFAULT_SPEC = ROOT / "studies" / "twin.toml"
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+# The reference configuration: the default spec's network at its widest convolutions
+# (32/64 channels, hidden 128, the MLP head), every parameter fixed at TwinConfig's and
+# TrainConfig's defaults (weight decay at the space's floor, no shift augmentation).
+REFERENCE = {
+    "weight_sharing": True,
+    "aux_weight": 1.0,
+    "dropout": 0.25,
+    "batch_norm": False,
+    "lr": 1e-3,
+    "beta1": 0.9,
+    "weight_decay": 1e-6,
+    "head": "mlp",
+    "head_input": "logits",
+    "shift": 0,
+    "conv1_channels": 32,
+    "conv2_channels": 64,
+    "hidden": 128,
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each part runs: full size for the README, tiny for --quick."""
+
+    pairs: int
+    folds: int
+    epochs: int
+    ceiling_batches: tuple[int, ...]
+    ceiling_steps: int
+    study_trials: int
+    study_epochs: int
+    worker_trials: int
+    worker_epochs: int
+
+
+FULL = Sizes(1000, 5, 25, (250, 500, 1000), 8, 200, 25, 6, 5)
+QUICK = Sizes(200, 2, 1, (50,), 2, 2, 1, 1, 1)
+
+
+def median_of(repeats: int, run: Callable[[], Any]) -> tuple[float, list[float], Any]:
+    """Median wall seconds of `repeats` calls, every time, and the last call's result."""
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times, result
+
+
+# --- 1. trial speed ---------------------------------------------------------------------------
+
+
+def user_loop(spec: StudySpec, pairs: Pairs, objective: Objective, params: dict[str, Any]) -> float:
+    """What a user writes: one fold after another, a DataLoader over the fold's pairs, one net each.
+
+    Same TwinNet (one member), same initialisation and settings as our trial; scored once per
+    fold after the last epoch; seeded, so it is repeatable. Returns the mean CV accuracy.
+    """
+    cfg, train = TwinConfig.from_params(params), train_config(params, spec)
+    folds, accuracies = objective.folds, []
+    for fold, seed in enumerate(trial_seeds(spec.seed, 0, folds.k)):
+        rows, val = folds.train_index[fold], folds.val_index[fold]
+        model = TwinNet(cfg).init_([generator(seed, "init")])
+        opt = torch.optim.Adam(model.parameters(), lr=train.lr, betas=(train.beta1, 0.999), weight_decay=train.weight_decay)
+        data = TensorDataset(pairs.inputs[rows], pairs.targets[rows], pairs.classes[rows])
+        loader = DataLoader(data, batch_size=train.batch_size, shuffle=True, generator=generator(seed, "shuffle"))
+        drop = generator(seed, "dropout")
+        for _ in range(train.epochs):
+            model.train()
+            for x, y, c in loader:
+                answer, digits = model(x.unsqueeze(0), drop)
+                loss = user_loss(answer[0], digits[0], y, c, train.aux_weight)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        model.eval()
+        with torch.no_grad():
+            answer, _ = model(pairs.inputs[val].unsqueeze(0))
+        accuracies.append((answer[0].argmax(-1) == pairs.targets[val]).float().mean().item())
+    return statistics.fmean(accuracies)
+
+
+def user_loss(answer: torch.Tensor, digits: torch.Tensor, y: torch.Tensor, c: torch.Tensor, aux: float) -> torch.Tensor:
+    """The twin task's loss as a user writes it: the answer plus both digits' auxiliary losses."""
+    return F.cross_entropy(answer, y) + aux * (F.cross_entropy(digits[:, 0], c[:, 0]) + F.cross_entropy(digits[:, 1], c[:, 1]))
+
+
+def bench_trial(spec: StudySpec, pairs: Pairs, repeats: int, device: str = "cpu") -> dict[str, Any]:
+    objective = Objective(spec, pairs, torch.device(device))
+    ours = lambda: objective(optuna.trial.FixedTrial(REFERENCE))  # noqa: E731
+    if device != "cpu":
+        sec, times, acc = median_of(repeats, ours)
+        return {"device": device, "ours_s": sec, "ours_runs_s": times, "ours_cv_accuracy": acc}
+    # Interleaved, so both see the same load.
+    ours_t, user_t, ours_acc, user_acc = [], [], 0.0, 0.0
+    for _ in range(repeats):
+        _, [t], ours_acc = median_of(1, ours)
+        ours_t.append(t)
+        _, [t], user_acc = median_of(1, lambda: user_loop(spec, pairs, objective, REFERENCE))
+        user_t.append(t)
+    ours_s, user_s = statistics.median(ours_t), statistics.median(user_t)
+    train_pairs = objective.folds.train_index.numel() * spec.train.epochs
+    return {
+        "ours_s": ours_s,
+        "user_loop_s": user_s,
+        "speedup": user_s / ours_s,
+        "ours_cv_accuracy": ours_acc,
+        "user_loop_cv_accuracy": user_acc,
+        "accuracy_gap_points": 100 * abs(ours_acc - user_acc),
+        "ours_pairs_per_s": train_pairs / ours_s,
+        "ours_runs_s": ours_t,
+        "user_loop_runs_s": user_t,
+    }
+
+
+# --- 2. throughput ceiling --------------------------------------------------------------------
+
+
+def ceiling_throughput(pairs: Pairs, batch: int, steps: int) -> float:
+    """Pairs per second of forward + backward + Adam step of one reference net at `batch`."""
+    cfg = TwinConfig.from_params(REFERENCE)
+    model = TwinNet(cfg).init_([generator(0, "init")]).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    gen = generator(0, "ceiling")
+    idx = torch.randint(0, len(pairs), (1, batch), generator=gen)
+    x, y, c = pairs.inputs[idx], pairs.targets[idx], pairs.classes[idx]
+
+    def step() -> None:
+        answer, digits = model(x, gen)
+        loss = user_loss(answer[0], digits[0], y[0], c[0], 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up: oneDNN picks and caches its kernels
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def bench_ceiling(pairs: Pairs, sizes: Sizes, repeats: int) -> dict[str, Any]:
+    by_batch = {}
+    for batch in sizes.ceiling_batches:
+        runs = [ceiling_throughput(pairs, batch, sizes.ceiling_steps) for _ in range(repeats)]
+        by_batch[batch] = statistics.median(runs)
+    best = max(by_batch, key=by_batch.__getitem__)
+    return {"pairs_per_s_by_batch": by_batch, "ceiling_batch": best, "ceiling_pairs_per_s": by_batch[best]}
+
+
+# --- 3. study speed (and 4./5. workers), through the real command line ------------------------
+
+
+def hpo_optimize(args: list[str], threads: int | None, env_extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    env.pop("HPO_THREADS", None)
+    if threads:
+        env["HPO_THREADS"] = str(threads)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo", "optimize", *args],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def wait_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        _, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"hpo optimize failed ({proc.returncode}): {stderr.decode()[-2000:]}")
+
+
+def study_stats(url: str, name: str) -> dict[str, Any]:
+    study = optuna.load_study(study_name=name, storage=url)
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.datetime_complete is not None]
+    complete = [t for t in done if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in done if t.state == optuna.trial.TrialState.PRUNED]
+    span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+    return {
+        "finished": len(done),
+        "complete": len(complete),
+        "pruned": len(pruned),
+        "pruned_share": len(pruned) / len(done),
+        "best_cv_accuracy": study.best_value if complete else None,
+        "trials_span_s": span,
+        "trials_per_min": 60 * len(done) / span,
+    }
+
+
+def bench_study(data_dir: Path, sizes: Sizes, trials: int, threads: int | None, pruners: list[str], keep: Path | None) -> dict[str, Any]:
+    """`hpo optimize --trials N` on a fresh SQLite store, once per pruner; wall time of the command."""
+    out: dict[str, Any] = {"trials": trials, "epochs": sizes.study_epochs, "threads": threads or "torch default"}
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{keep or Path(tmp) / 'bench.db'}"
+        for pruner in pruners:
+            name = f"bench-{pruner}"
+            args = ["--trials", str(trials), "--storage", url, "--study", name, "--pruner", pruner,
+                    "--epochs", str(sizes.study_epochs), "--folds", str(sizes.folds), "--data-dir", str(data_dir)]
+            args += _pairs_args(sizes, tmp)
+            start = time.perf_counter()
+            wait_all([hpo_optimize(args, threads)])
+            out[pruner] = {"wall_s": time.perf_counter() - start, **study_stats(url, name)}
+    return out
+
+
+def _pairs_args(sizes: Sizes, tmp: str) -> list[str]:
+    """The default spec, or (quick) a copy of it with fewer training pairs."""
+    if sizes.pairs == FULL.pairs:
+        return []
+    text = DEFAULT_SPEC.read_text().replace("train_pairs = 1000", f"train_pairs = {sizes.pairs}")
+    path = Path(tmp) / f"spec-{sizes.pairs}.toml"
+    path.write_text(text)
+    return ["--spec", str(path)]
+
+
+def fixed_spec(tmp: str, sizes: Sizes) -> Path:
+    """The default spec with every parameter fixed at the reference: every trial costs the same."""
+    space = "\n".join(f"{k} = {json.dumps(v)}" for k, v in REFERENCE.items())
+    text = (
+        f'[study]\nname = "bench-workers"\ndirection = "maximize"\nseed = 0\nsampler = "random"\npruner = "none"\n'
+        f"[train]\nfolds = {sizes.folds}\nepochs = {sizes.worker_epochs}\nbatch_size = 25\ntrain_pairs = {sizes.pairs}\n"
+        f"[space]\n{space}\n"
+    )
+    path = Path(tmp) / "fixed.toml"
+    path.write_text(text)
+    return path
+
+
+def bench_workers(data_dir: Path, sizes: Sizes, postgres: str) -> dict[str, Any]:
+    """Trials per minute (from the stored trial times) of 1 and 2 one-thread workers, 1 two-thread worker."""
+    admin = sqlalchemy.create_engine(postgres, isolation_level="AUTOCOMMIT")
+    db = f"hpo_bench_{uuid.uuid4().hex[:8]}"
+    url = sqlalchemy.make_url(postgres).set(database=db).render_as_string(hide_password=False)
+    out: dict[str, Any] = {"trial_epochs": sizes.worker_epochs, "trials_per_worker": sizes.worker_trials}
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{db}"'))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = fixed_spec(tmp, sizes)
+            for label, workers, threads in (("1 worker x 1 thread", 1, 1), ("2 workers x 1 thread", 2, 1), ("1 worker x 2 threads", 1, 2)):
+                name = f"bench-{workers}w{threads}t"
+                args = ["--trials", str(workers * sizes.worker_trials), "--spec", str(spec), "--study", name,
+                        "--storage", url, "--data-dir", str(data_dir)]
+                # The first creates the study; the second joins it.
+                first = hpo_optimize(args, threads)
+                procs = [first]
+                if workers == 2:
+                    time.sleep(0.5)
+                    procs.append(hpo_optimize(args, threads))
+                wait_all(procs)
+                out[label] = study_stats(url, name)
+        # The largest peak of any `hpo optimize` process this run started (study part included).
+        out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        one, two = out["1 worker x 1 thread"]["trials_per_min"], out["2 workers x 1 thread"]["trials_per_min"]
+        out["two_workers_speedup"] = two / one
+        out["two_threads_speedup"] = out["1 worker x 2 threads"]["trials_per_min"] / one
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        admin.dispose()
+    return out
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def markdown(res: dict[str, Any]) -> str:
+    rows: list[tuple[str, str, str]] = []
+    if "trial" in res:
+        t = res["trial"]
+        rows += [
+            ("trial: our objective (s)", _fmt(t["ours_s"], ".1f"), ""),
+            ("trial: sequential DataLoader loop (s)", _fmt(t["user_loop_s"], ".1f"), ""),
+            ("trial: speed-up", _fmt(t["speedup"], ".2f") + "x", ">= 2.5x"),
+            ("trial: CV accuracy ours / loop", f"{t['ours_cv_accuracy']:.4f} / {t['user_loop_cv_accuracy']:.4f}", "within 0.5 points"),
+        ]
+    if "ceiling" in res:
+        c = res["ceiling"]
+        rows.append((f"ceiling: one net, batch {c['ceiling_batch']} (pairs/s)", _fmt(c["ceiling_pairs_per_s"], ".0f"), ""))
+        if "trial" in res:
+            rows.append(("ours / ceiling throughput", f"{res['trial']['ours_pairs_per_s']:.0f} pairs/s = {c['fraction_of_ceiling']:.0%}", ">= 70%"))
+    if "study" in res:
+        s = res["study"]
+        for pruner in ("median", "none"):
+            if pruner in s:
+                p = s[pruner]
+                rows.append((
+                    f"study: {s['trials']} trials, pruner {pruner}",
+                    f"{p['wall_s'] / 60:.1f} min, {p['pruned']} pruned, best {_fmt(p['best_cv_accuracy'], '.4f')}",
+                    "<= 20 min (200 trials, median)" if pruner == "median" else "",
+                ))
+    if "workers" in res:
+        w = res["workers"]
+        for label in ("1 worker x 1 thread", "2 workers x 1 thread", "1 worker x 2 threads"):
+            rows.append((f"workers: {label} (trials/min)", f"{w[label]['trials_per_min']:.2f}", ""))
+        rows.append(("workers: 2 x 1 thread vs 1 x 1 thread", f"{w['two_workers_speedup']:.2f}x", ">= 1.6x"))
+        rows.append(("workers: peak RSS of a worker (MiB)", f"{w['peak_rss_mib']:.0f}", "<= 1536"))
+    g = res.get("gpu")
+    rows.append(("GPU: one trial (s)", _fmt(g["ours_s"], ".2f") if g else "not measured (no CUDA device)", "<= 1 s"))
+    lines = ["| measure | value | target |", "| --- | --- | --- |"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def environment(threads: int) -> dict[str, Any]:
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "torch_threads_in_process": threads,
+        "load_average": os.getloadavg(),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="every part, tiny (a CI smoke test, not a measurement)")
+    ap.add_argument("--parts", default="trial,ceiling,study,workers,gpu", help="comma-separated subset of trial,ceiling,study,workers,gpu")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats per timing, median reported [3; quick 1]")
+    ap.add_argument("--study-trials", type=int, default=None, help="N for the study part [200; quick 3]")
+    ap.add_argument("--study-pruners", default="median,none", help="pruners to run the study with")
+    ap.add_argument("--study-threads", type=int, default=None, help="torch threads of the study process [torch's default]")
+    ap.add_argument("--study-db", type=Path, default=None, help="keep the study part's SQLite store here (a fresh file) [a temporary one]")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in this process (trial, ceiling) [1]")
+    ap.add_argument("--postgres", default=DEFAULT_POSTGRES, help="PostgreSQL server URL for the workers part (a database is created and dropped)")
+    ap.add_argument("--data-dir", type=Path, default=None, help="MNIST folder [$HPO_DATA_DIR, else data]")
+    ap.add_argument("--json", type=Path, default=Path("benchmarks/results.json"), help="where the JSON goes")
+    args = ap.parse_args(argv)
+
+    sizes = QUICK if args.quick else FULL
+    repeats = args.repeats or (1 if args.quick else 3)
+    parts = set(args.parts.split(","))
+    torch.set_num_threads(args.threads)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    data_dir = resolve_data_dir(args.data_dir)
+    spec = load_spec(DEFAULT_SPEC).with_overrides(folds=sizes.folds, epochs=sizes.epochs)
+    spec = replace(spec, train=replace(spec.train, train_pairs=sizes.pairs))
+    pairs = cv_pairs(data_dir, sizes.pairs, spec.seed, download=False)
+
+    res: dict[str, Any] = {"quick": args.quick, "environment": environment(args.threads), "reference": REFERENCE,
+                           "sizes": sizes.__dict__, "repeats": repeats}
+    log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    if "trial" in parts:
+        log("trial: ours vs the sequential loop")
+        res["trial"] = bench_trial(spec, pairs, repeats)
+    if "ceiling" in parts:
+        log("ceiling")
+        res["ceiling"] = bench_ceiling(pairs, sizes, repeats)
+        if "trial" in res:
+            res["ceiling"]["fraction_of_ceiling"] = res["trial"]["ours_pairs_per_s"] / res["ceiling"]["ceiling_pairs_per_s"]
+    if "gpu" in parts and torch.cuda.is_available():
+        log("gpu trial")
+        res["gpu"] = bench_trial(spec, pairs, repeats, device="cuda")
+    if "study" in parts:
+        trials = args.study_trials or sizes.study_trials
+        log(f"study: {trials} trials")
+        res["study"] = bench_study(data_dir, sizes, trials, args.study_threads, args.study_pruners.split(","), args.study_db)
+    if "workers" in parts:
+        log("workers on PostgreSQL")
+        res["workers"] = bench_workers(data_dir, sizes, args.postgres)
+    res["environment"]["load_average_end"] = os.getloadavg()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(res, indent=2, default=str))
+    print(markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()

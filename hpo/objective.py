@@ -1,0 +1,104 @@
+"""One Optuna trial: sampled parameters -> TwinConfig + TrainConfig -> fold-parallel CV -> value."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import optuna
+import torch
+
+from hpo.data import Folds, Pairs, stratified_folds
+from hpo.model import TwinConfig, TwinNet
+from hpo.rng import derive_seed, generator
+from hpo.spec import Fixed, StudySpec
+from hpo.train import Diverged, TrainConfig, train_members
+
+
+def train_config(params: dict[str, Any], spec: StudySpec) -> TrainConfig:
+    """Sampled training choices over the spec's fixed settings."""
+    return TrainConfig.from_params(params, spec.train.epochs, spec.train.batch_size)
+
+
+def fixed_params(spec: StudySpec) -> dict[str, Any]:
+    """The spec's fixed parameter values, which Optuna does not record as trial params."""
+    return {name: p.value for name, p in spec.space.items() if isinstance(p, Fixed)}
+
+
+def trial_seeds(seed: int, trial_number: int, folds: int) -> list[int]:
+    """One seed per fold member, so any trial can be re-run exactly."""
+    return [derive_seed(seed, "trial", trial_number, fold) for fold in range(folds)]
+
+
+def seed_trial_number(trial: optuna.Trial) -> int:
+    """The trial number seeds derive from: a retry's is its first run's, so it trains the same.
+
+    Optuna queues a retry with the failed trial's user attributes, which carry this number.
+    """
+    number = trial.user_attrs.get("seed_trial", trial.number)
+    trial.set_user_attr("seed_trial", number)
+    return number
+
+
+class Objective:
+    """Mean CV accuracy over the spec's folds, reported each epoch so pruners can act.
+
+    A multi-objective spec returns its objectives in order (accuracy, params, seconds) and
+    reports nothing, since Optuna's pruners need one value.
+    """
+
+    def __init__(self, spec: StudySpec, pairs: Pairs, device: torch.device) -> None:
+        self.spec, self.pairs, self.device = spec, pairs, device
+        self.folds: Folds = stratified_folds(pairs.targets, spec.train.folds, generator(spec.seed, "folds"))
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        params = self.spec.suggest(trial)
+        model_cfg = TwinConfig.from_params(params)
+        seeds = trial_seeds(self.spec.seed, seed_trial_number(trial), self.folds.k)
+        trial.set_user_attr("seed", self.spec.seed)
+        # trial.params holds only sampled values; these let `hpo evaluate` rebuild the full config.
+        trial.set_user_attr("fixed_params", fixed_params(self.spec))
+        trial.set_user_attr("train", {"epochs": self.spec.train.epochs, "batch_size": self.spec.train.batch_size})
+        n_params = TwinNet(model_cfg).parameters_per_member()
+        trial.set_user_attr("n_params", n_params)
+        self._check_budget(trial, n_params)
+
+        def report(epoch: int, accuracies: list[float]) -> None:
+            if self.spec.multi_objective:
+                return
+            trial.report(statistics.fmean(accuracies), epoch)
+            if trial.should_prune():
+                trial.set_user_attr("fold_accuracies", accuracies)
+                raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+        try:
+            result = train_members(
+                model_cfg,
+                train_config(params, self.spec),
+                self.pairs,
+                self.folds.train_index,
+                self.pairs,
+                self.folds.val_index,
+                seeds,
+                self.device,
+                on_epoch=report,
+            )
+        except Diverged as exc:
+            trial.set_user_attr("pruned_reason", str(exc))
+            raise optuna.TrialPruned(str(exc)) from None
+        trial.set_user_attr("fold_accuracies", result.accuracies)
+        trial.set_user_attr("train_seconds", round(result.seconds, 3))
+        metrics = {"accuracy": statistics.fmean(result.accuracies), "params": float(n_params), "seconds": result.seconds}
+        values = tuple(metrics[name] for name in self.spec.objectives)
+        return values if self.spec.multi_objective else values[0]
+
+    def _check_budget(self, trial: optuna.Trial, n_params: int) -> None:
+        """The parameter budget as an Optuna constraint; a trial over it is pruned untrained."""
+        budget = self.spec.max_params
+        if budget is None:
+            return
+        trial.set_constraint("max_params", n_params - budget)
+        if n_params > budget:
+            reason = f"{n_params} parameters exceed the budget of {budget}"
+            trial.set_user_attr("pruned_reason", reason)
+            raise optuna.TrialPruned(reason)
