@@ -7,16 +7,18 @@ worker's trial is failed and retried with the same parameters, and SIGTERM/SIGIN
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
 import signal
 import socket
+import sqlite3
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import TypeVar
@@ -36,6 +38,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # stored with each trial: which worker ran it
 
 DEFAULT_RETRIES = 2
@@ -100,18 +103,25 @@ def open_storage(
         raise HpoError(f"cannot open storage '{shown}': {exc.strerror or exc}") from None
     except sqlalchemy.exc.OperationalError as exc:
         raise HpoError(f"cannot open storage '{shown}': {first_line(exc.orig)}") from None
+    except sqlite3.Error as exc:
+        raise HpoError(f"cannot open storage '{shown}': {first_line(exc)}") from None
 
 
 def _prepare_sqlite(parsed: sqlalchemy.URL) -> dict:
     """Let several local processes share one SQLite file.
 
-    sqlite3 gives up on a lock after 5 s ("database is locked"); a writer behind another
-    process's write or a slow reader (a dashboard, a report) now waits up to a minute. WAL
-    mode is left off: its recent commits live in a side file, so a copied .db would miss them.
-    (SQLite on a network file system remains unsafe; use PostgreSQL for several machines.)
+    The file is switched to WAL mode (a property of the file, kept from then on), so readers
+    such as the dashboard or a report never block the workers' writes or their heartbeats; a
+    writer behind another process's write waits up to a minute instead of sqlite3's 5 s before
+    "database is locked". SQLite folds the side file back into the .db when the last process
+    closes it. (SQLite on a network file system remains unsafe; use PostgreSQL for several
+    machines.)
     """
-    if parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if parsed.database in (None, "", ":memory:"):
+        return {}
+    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(parsed.database, timeout=SQLITE_BUSY_TIMEOUT)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
     return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT}}
 
 
@@ -246,13 +256,23 @@ def run_until(
     stop = optuna.study.MaxTrialsCallback(target, states=FINISHED)
     guard = _SignalGuard(study)
     with guard.installed():
-        try:
-            study.optimize(guard.wrap(objective), callbacks=[*(callbacks or []), stop], gc_after_trial=False)
-        except Interrupted as exc:
-            if guard.trial_number is not None:
-                exc.retry = queue_retry(study, guard.trial_number, retries)
-                exc.trial_number = guard.trial_number
-            raise
+        while finished_trials(study) < target:
+            try:
+                study.optimize(guard.wrap(objective), callbacks=[*(callbacks or []), stop], gc_after_trial=False)
+                break
+            except Interrupted as exc:
+                if guard.trial_number is not None:
+                    exc.retry = queue_retry(study, guard.trial_number, retries)
+                    exc.trial_number = guard.trial_number
+                raise
+            except (AssertionError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                if not guard.lost_trial():
+                    raise
+                _log.warning(
+                    "trial %d was failed by another worker that found its heartbeat late; "
+                    "its result is dropped and its queued retry runs instead",
+                    guard.trial_number,
+                )
     if guard.signum is not None:
         raise Interrupted(guard.signum)
 
@@ -308,20 +328,39 @@ class _SignalGuard:
         self.signum: int | None = None
         self.trial_number: int | None = None
         self.in_objective = False
+        self.objective_ended_normally = False
 
     def wrap(self, objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
         def guarded(trial: optuna.Trial) -> float:
             self.trial_number = trial.number
             if self.signum is not None:
                 raise Interrupted(self.signum)
+            self.objective_ended_normally = False
             trial.set_user_attr("worker", WORKER)
             self.in_objective = True
             try:
-                return objective(trial)
+                value = objective(trial)
+            except (optuna.TrialPruned, optuna.exceptions.UpdateFinishedTrialError):
+                self.objective_ended_normally = True
+                raise
             finally:
                 self.in_objective = False
+            self.objective_ended_normally = True
+            return value
 
         return guarded
+
+    def lost_trial(self) -> bool:
+        """Whether the trial in hand ended normally here but another worker had already failed it.
+
+        A heartbeat can arrive late (a reader held the SQLite lock, the machine stalled) and a
+        second worker then fails the trial as stale and queues its retry. Optuna cannot tell a
+        FAIL trial and raises; this worker should drop its result and go on, not crash.
+        """
+        if self.trial_number is None or not self.objective_ended_normally or self.signum is not None:
+            return False
+        trials = self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        return any(t.number == self.trial_number for t in trials)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.in_objective:

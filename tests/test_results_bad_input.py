@@ -2,8 +2,10 @@
 
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -19,7 +21,9 @@ def study_copy(small_study, tmp_path) -> tuple[str, str]:
     url, name = small_study
     src = Path(url.removeprefix("sqlite:///"))
     dst = tmp_path / "copy.db"
-    dst.write_bytes(src.read_bytes())
+    # The backup API, not a file copy: recent commits of a live WAL database sit in its side file.
+    with closing(sqlite3.connect(src)) as live, closing(sqlite3.connect(dst)) as copy:
+        live.backup(copy)
     copy_url = f"sqlite:///{dst}"
     study = optuna.load_study(study_name=name, storage=copy_url)
     study.tell(study.ask(), state=TrialState.PRUNED)

@@ -17,9 +17,11 @@ from pathlib import Path
 import optuna
 import pytest
 import sqlalchemy
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.published import PUBLISHED
+from hpo.study import open_storage, run_until
 from test_bad_input import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -291,16 +293,59 @@ def test_two_processes_and_a_slow_reader_share_one_sqlite_file_without_lock_erro
     url = f"sqlite:///{db}"
     procs = [start_worker(spec, url, 30, mnist_dir, "--heartbeat-interval", 1) for _ in range(2)]
     wait_for(url, "laptop", lambda ts: len(ts) >= 2, procs)
+    finished = "SELECT count(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')"
     # A reader that keeps a transaction open for longer than sqlite3's default 5 s busy
     # timeout, as a dashboard or report on a large study does, while both workers write.
     with sqlite3.connect(db, isolation_level=None) as reader:
         reader.execute("BEGIN")
-        reader.execute("SELECT count(*) FROM trials").fetchone()
+        before = reader.execute(finished).fetchone()[0]
         time.sleep(8)
+        with sqlite3.connect(db) as fresh:
+            during = fresh.execute(finished).fetchone()[0]
         reader.execute("COMMIT")
+    assert during > before, "the open read transaction stalled the workers' commits"
     for code, _, err in map(finish, procs):
         assert code == 0, err
         assert "locked" not in err
     trials = trials_of(url, "laptop")
     assert 30 <= sum(t.state in FINISHED for t in trials) <= 31
     assert len({t.user_attrs["worker"] for t in trials}) == 2
+
+
+def _lost_trial_study(tmp_path: Path) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
+    storage = open_storage(f"sqlite:///{tmp_path / 'lost.db'}", heartbeat_interval=1)
+    return optuna.create_study(storage=storage, study_name="lost", direction="maximize"), storage
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.parametrize("then", ["returns", "reports"])
+def test_worker_drops_a_trial_another_worker_failed_as_stale_and_goes_on(tmp_path, then) -> None:
+    study, storage = _lost_trial_study(tmp_path)
+    ran: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        ran.append(trial.number)
+        x = trial.suggest_float("x", 0.0, 1.0)
+        if trial.number == 0:  # a second worker found this trial's heartbeat late, as fail_stale_trials does
+            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            RetryHeartbeatStaleTrialCallback(max_retry=2)(study, storage.get_trial(trial._trial_id))
+            if then == "reports":
+                trial.report(x, 1)
+        return x
+
+    run_until(study, objective, target=3)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, *[TrialState.COMPLETE] * 3]
+    assert trials[1].params == trials[0].params  # the retry the other worker queued ran
+    assert ran == [0, 1, 2, 3]
+
+
+def test_an_objective_error_is_not_mistaken_for_a_lost_trial(tmp_path) -> None:
+    study, _ = _lost_trial_study(tmp_path)
+
+    def objective(trial: optuna.Trial) -> float:
+        raise ValueError("bug in the objective")
+
+    with pytest.raises(ValueError, match="bug in the objective"):
+        run_until(study, objective, target=3)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
