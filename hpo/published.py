@@ -34,6 +34,7 @@ REPORT_A = {
     "head": "mlp",
     "head_input": "logits",
     "shift": 0,
+    "schedule": "constant",  # every report kept Adam's rate fixed
 }
 
 PUBLISHED: tuple[Published, ...] = (

@@ -63,6 +63,9 @@ PARAMS: dict[str, Kind] = {
     "head": Kind(str, "'mlp' or 'compare'", lambda v: v in ("mlp", "compare")),
     "head_input": Kind(str, "'logits' or 'softmax'", lambda v: v in ("logits", "softmax")),
     "shift": Kind(int, "in [0, 4]", _between(0, 4)),
+    "rotate": Kind(float, "in [0, 45]", _between(0.0, 45.0)),
+    "scale": Kind(float, "in [0, 0.5]", _between(0.0, 0.5)),
+    "schedule": Kind(str, "'constant' or 'cosine'", lambda v: v in ("constant", "cosine")),
     "batch_size": Kind(int, "in [1, 1000]", _between(1, 1000)),
     # a label only: a grid dimension that repeats each cell (every trial has its own seeds)
     "repeat": Kind(int, "in [0, 1000]", _between(0, 1000)),

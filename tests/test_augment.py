@@ -1,6 +1,8 @@
+import math
+
 import torch
 
-from hpo.augment import random_shift
+from hpo.augment import random_rotate_scale, random_shift
 from hpo.rng import generator
 
 
@@ -23,4 +25,41 @@ def test_each_member_shifts_the_same_way_alone_or_beside_others() -> None:
     x = torch.randn(3, 4, 2, 14, 14)
     together = random_shift(x, 1, [generator(s) for s in (0, 1, 2)])
     alone = random_shift(x[2:], 1, [generator(2)])
+    assert torch.equal(together[2], alone[0])
+
+
+def test_rotate_and_scale_zero_is_the_identity() -> None:
+    x = torch.randn(2, 3, 2, 14, 14)
+    assert random_rotate_scale(x, 0.0, 0.0, [generator(0), generator(1)]) is x
+
+
+def _bar_angle(image: torch.Tensor) -> float:
+    """The angle (degrees from vertical) of the main axis of an image's bright pixels."""
+    rows, cols = torch.meshgrid(torch.arange(14.0), torch.arange(14.0), indexing="ij")
+    w = image.clamp(min=0)
+    r, c = (w * rows).sum() / w.sum(), (w * cols).sum() / w.sum()
+    dr, dc = rows - r, cols - c
+    return math.degrees(0.5 * math.atan2(2 * (w * dr * dc).sum(), (w * (dr * dr - dc * dc)).sum()))
+
+
+def test_rotation_turns_a_bar_by_varied_angles_within_the_bound() -> None:
+    x = torch.zeros(1, 30, 2, 14, 14)
+    x[..., 2:12, 6:8] = 1.0  # a vertical bar
+    angles = [abs(_bar_angle(img)) for img in random_rotate_scale(x, 20.0, 0.0, [generator(3)]).view(60, 14, 14)]
+    assert max(angles) <= 20.0 + 2.0  # interpolation blurs the bar a little
+    assert max(angles) > 10.0 and min(angles) < 5.0, "angles vary between images"
+
+
+def test_scaling_changes_a_bar_length_within_the_bound() -> None:
+    x = torch.zeros(1, 30, 2, 14, 14)
+    x[..., 2:12, 6:8] = 1.0
+    mass = random_rotate_scale(x, 0.0, 0.2, [generator(4)]).view(60, -1).sum(1) / x.view(60, -1).sum(1)
+    assert ((mass > 0.8**2 - 0.05) & (mass < 1.2**2 + 0.05)).all()
+    assert mass.max() - mass.min() > 0.2, "factors vary between images"
+
+
+def test_each_member_warps_the_same_way_alone_or_beside_others() -> None:
+    x = torch.randn(3, 4, 2, 14, 14)
+    together = random_rotate_scale(x, 10.0, 0.1, [generator(s) for s in (0, 1, 2)])
+    alone = random_rotate_scale(x[2:], 10.0, 0.1, [generator(2)])
     assert torch.equal(together[2], alone[0])

@@ -72,6 +72,8 @@ BAD_SPECS = {
     "empty choices": ({"study": {"name": "x"}, "space": {"batch_norm": {"choices": []}}}, "non-empty list"),
     "wrong type": ({"study": {"name": "x"}, "space": {"batch_norm": "yes"}}, "'batch_norm' takes bool"),
     "out of bounds": ({"study": {"name": "x"}, "space": {"dropout": 1.5}}, "'dropout' must be in \\[0, 1\\)"),
+    "unknown schedule": ({"study": {"name": "x"}, "space": {"schedule": {"choices": ["cosine", "linear"]}}}, "'schedule' must be 'constant' or 'cosine'"),
+    "rotation too large": ({"study": {"name": "x"}, "space": {"rotate": {"low": 0.0, "high": 90.0}}}, "'rotate' must be in \\[0, 45\\]"),
     "no name": ({"study": {}}, "needs a name"),
     "bad direction": ({"study": {"name": "x", "direction": "up"}}, "direction must be"),
     "one fold": ({"study": {"name": "x"}, "train": {"folds": 1}}, "folds must be between 2"),

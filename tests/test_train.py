@@ -6,7 +6,7 @@ import torch
 from hpo.data import Pairs, cv_pairs, stratified_folds
 from hpo.model import TwinConfig, TwinNet
 from hpo.rng import generator
-from hpo.train import Diverged, TrainConfig, train_members
+from hpo.train import Diverged, TrainConfig, learning_rate, train_members
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,9 @@ def float64():
     torch.set_default_dtype(torch.float32)
 
 
-def _train_together_and_alone(pairs: Pairs, cfg: TwinConfig, epochs: int, fold: int, shift: int = 0):  # type: ignore[no-untyped-def]
+def _train_together_and_alone(pairs: Pairs, cfg: TwinConfig, epochs: int, fold: int, **augment: object):  # type: ignore[no-untyped-def]
     folds = stratified_folds(pairs.targets, 4, generator(0, "folds"))
-    train_cfg = TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, beta1=0.8, weight_decay=1e-4, aux_weight=0.7, shift=shift)
+    train_cfg = TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, beta1=0.8, weight_decay=1e-4, aux_weight=0.7, **augment)  # type: ignore[arg-type]
     seeds = [11, 12, 13, 14]
     together = train_members(cfg, train_cfg, pairs, folds.train_index, pairs, folds.val_index, seeds)
     one = slice(fold, fold + 1)
@@ -60,7 +60,7 @@ CONFIGS = [
     TwinConfig(weight_sharing=False, batch_norm=False, dropout=0.0, head_input="softmax"),
     TwinConfig(weight_sharing=True, batch_norm=False, dropout=0.0, head="compare"),
 ]
-IDS = ["shared-bn", "separate-softmax", "compare-head-shifted"]
+IDS = ["shared-bn", "separate-softmax", "compare-head-augmented-cosine"]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
@@ -68,8 +68,9 @@ IDS = ["shared-bn", "separate-softmax", "compare-head-shifted"]
 def test_fold_parallel_training_computes_exactly_what_one_fold_alone_computes(pairs: Pairs, cfg: TwinConfig, fold: int, float64) -> None:
     """In float64 the batched and the single-fold run agree to rounding: the same computation."""
     pairs = Pairs(pairs.inputs.double(), pairs.targets, pairs.classes)
-    shift = 1 if cfg.head == "compare" else 0  # one case trains with augmentation
-    together, alone, out_together, out_alone = _train_together_and_alone(pairs, cfg, epochs=3, fold=fold, shift=shift)
+    # one case trains with every augmentation and the cosine schedule
+    augment = {"shift": 1, "rotate": 10.0, "scale": 0.1, "schedule": "cosine"} if cfg.head == "compare" else {}
+    together, alone, out_together, out_alone = _train_together_and_alone(pairs, cfg, epochs=3, fold=fold, **augment)
     assert [h[fold] for h in together.history] == [h[0] for h in alone.history]
     torch.testing.assert_close(out_together, out_alone, rtol=1e-9, atol=1e-9)
 
@@ -139,3 +140,13 @@ def test_compare_head_has_no_parameters_of_its_own() -> None:
     mlp = TwinNet(TwinConfig(head="mlp")).parameters_per_member()
     compare = TwinNet(TwinConfig(head="compare")).parameters_per_member()
     assert mlp - compare == 20 * 64 + 64 + 64 * 2 + 2
+
+
+def test_cosine_schedule_starts_at_the_rate_halves_midway_and_ends_near_zero() -> None:
+    cosine, constant = TrainConfig(lr=2e-3, schedule="cosine"), TrainConfig(lr=2e-3)
+    assert learning_rate(cosine, 0, 1000) == pytest.approx(2e-3)
+    assert learning_rate(cosine, 500, 1000) == pytest.approx(1e-3)
+    assert learning_rate(cosine, 999, 1000) < 1e-8
+    rates = [learning_rate(cosine, s, 1000) for s in range(1000)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert {learning_rate(constant, s, 1000) for s in (0, 500, 999)} == {2e-3}
