@@ -69,6 +69,7 @@ def optimize(
     heartbeat_interval: Annotated[int, typer.Option(envvar="HPO_HEARTBEAT_INTERVAL", help="Seconds between a running trial's heartbeats; a trial silent for 3 intervals is failed and retried.")] = 10,
     retries: Annotated[int, typer.Option(envvar="HPO_RETRIES", help="How many times a failed (dead or stopped worker's) trial is re-run with the same parameters.")] = 2,
     connect_timeout: Annotated[float, typer.Option(envvar="HPO_CONNECT_TIMEOUT", help="Seconds to keep retrying a database server that is not reachable yet.")] = 120.0,
+    confirm: Annotated[int, typer.Option(help="Re-score this many leading trials on a second draw of training pairs before recommending one (0: off).")] = 5,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Optuna's log lines.")] = False,
 ) -> None:
     """Search hyperparameters until the study holds --trials finished trials (re-running continues it).
@@ -82,8 +83,10 @@ def optimize(
             spec_path, study, seed, folds, epochs, sampler, pruner, enqueue, max_params, trials, device, threads, storage
         )
         worker = _check_worker_options(heartbeat_interval, retries, connect_timeout)
+        if confirm < 0:
+            raise HpoError(f"--confirm must be 0 or more; got {confirm}")
         with stop_signals_raise():
-            _optimize(run, data_dir, trials, verbose, worker)
+            _optimize(run, data_dir, trials, verbose, worker, confirm)
     except HpoError as exc:
         fail(str(exc))
     except KeyboardInterrupt as exc:  # a signal before any trial ran: nothing to keep
@@ -121,7 +124,7 @@ def _prepare_optimize(spec_path, study, seed, folds, epochs, sampler, pruner, en
     return spec, url, device, threads
 
 
-def _optimize(run, data_dir: Optional[Path], trials: int, verbose: bool, worker: dict) -> None:  # type: ignore[no-untyped-def]
+def _optimize(run, data_dir: Optional[Path], trials: int, verbose: bool, worker: dict, confirm: int) -> None:  # type: ignore[no-untyped-def]
     import optuna
     import torch
 
@@ -135,7 +138,8 @@ def _optimize(run, data_dir: Optional[Path], trials: int, verbose: bool, worker:
         torch.set_num_threads(threads)
     device = resolve_device(device_name)
     optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
-    pairs = cv_pairs(resolve_data_dir(data_dir), spec.train.train_pairs, spec.seed)
+    data_dir = resolve_data_dir(data_dir)
+    pairs = cv_pairs(data_dir, spec.train.train_pairs, spec.seed)
     study = load_or_create(spec, open_storage(url, **worker))
     objective = Objective(spec, pairs, device)
     with _trial_progress(study, trials) as on_trial:
@@ -145,7 +149,19 @@ def _optimize(run, data_dir: Optional[Path], trials: int, verbose: bool, worker:
             on_trial.progress.stop()
             err.print(_interrupted_line(exc, spec.name, finished_trials(study)), markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(128 + exc.signum) from None
+    if confirm and not spec.multi_objective:
+        _confirm(study, spec, data_dir, confirm, device)
     _print_best(study)
+
+
+def _confirm(study, spec, data_dir: Path, top: int, device) -> None:  # type: ignore[no-untyped-def]
+    """Re-score the leaders on a second draw of pairs (hpo.confirm), one line each."""
+    from hpo.confirm import confirm_leaders
+
+    def line(trial, value: float) -> None:  # type: ignore[no-untyped-def]
+        err.print(f"confirmed trial #{trial.number}: CV {trial.value:.4f}, on a second draw of pairs {value:.4f}", markup=False, highlight=False)
+
+    confirm_leaders(study, spec, data_dir, top, device, on_confirmed=line)
 
 
 def _interrupted_line(exc, study_name: str, finished: int) -> str:  # type: ignore[no-untyped-def]
@@ -208,13 +224,20 @@ def _print_best(study) -> None:  # type: ignore[no-untyped-def]
     if len(study.directions) > 1:
         _print_pareto(study)
         return
-    best = study.best_trial
-    table = Table(title=f"best trial of study '{study.study_name}': #{best.number}")
+    from hpo.confirm import ATTR
+    from hpo.results import pick_trial
+
+    best = pick_trial(study, None)
+    second = study.user_attrs.get(ATTR, {}).get(str(best.number))
+    how = "best mean CV over two draws of pairs" if second is not None else "best CV"
+    table = Table(title=f"recommended trial of study '{study.study_name}': #{best.number} ({how})")
     table.add_column("parameter")
     table.add_column("value", justify="right")
     for name, value in best.params.items():
         table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
     table.add_row("[bold]CV accuracy", f"[bold]{best.value:.4f}")
+    if second is not None:
+        table.add_row("CV accuracy, second draw", f"{second:.4f}")
     folds = best.user_attrs.get("fold_accuracies")
     if folds:
         table.add_row("fold accuracies", " ".join(f"{a:.3f}" for a in folds))

@@ -41,7 +41,11 @@ def is_multi_objective(study: optuna.Study) -> bool:
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
-    """Trial `number`, or the best complete trial; only complete trials can be evaluated."""
+    """Trial `number`, or the recommended one; only complete trials can be evaluated.
+
+    Recommended: the best mean of two CV scores where `hpo optimize` confirmed its leaders on
+    a second draw of pairs (hpo.confirm), else the best CV score.
+    """
     if number is None:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not complete:
@@ -52,7 +56,9 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
                 f"study '{study.study_name}' has several objectives, so no single best trial; "
                 f"pick one with --trial N (Pareto-optimal trials: {front})"
             )
-        return study.best_trial
+        from hpo.confirm import confirmed_best
+
+        return confirmed_best(study) or study.best_trial
     trials = study.get_trials(deepcopy=False)
     if not 0 <= number < len(trials):
         raise HpoError(f"study '{study.study_name}' has no trial #{number} (trials are #0..#{len(trials) - 1})")

@@ -26,7 +26,7 @@ def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
 def test_three_trial_study_stores_params_intermediates_and_attributes(cli, write_spec, sqlite_url, mnist_dir) -> None:
     result = cli("optimize", "--trials", 3, "--spec", write_spec(epochs=2), "--storage", sqlite_url, "--data-dir", mnist_dir)
     assert result.exit_code == 0, result.stderr
-    assert "best trial of study 'small'" in result.stdout and "CV accuracy" in result.stdout
+    assert "recommended trial of study 'small'" in result.stdout and "CV accuracy" in result.stdout
     trials = trials_of(sqlite_url, "small")
     assert len(trials) == 3
     for t in trials:

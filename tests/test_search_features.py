@@ -5,7 +5,7 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.published import PUBLISHED, fit_to_space
-from hpo.spec import Choice, FloatRange, IntRange, load_spec, parse_spec
+from hpo.spec import Choice, Fixed, FloatRange, IntRange, load_spec, parse_spec
 
 
 def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -108,11 +108,12 @@ def test_bad_objective_settings_are_rejected(study, message) -> None:
         parse_spec({"study": study})
 
 
-def test_default_spec_enqueues_and_searches_the_new_choices() -> None:
+def test_default_spec_enqueues_searches_the_new_choices_and_fixes_what_cv_cannot_judge() -> None:
     spec = load_spec("studies/twin.toml")
     assert spec.enqueue_published
     assert spec.space["head"] == Choice(("compare", "mlp"))
-    assert isinstance(spec.space["shift"], IntRange)
+    assert isinstance(spec.space["conv2_channels"], IntRange)
+    assert (spec.space["shift"], spec.space["schedule"]) == (Fixed(1), Fixed("cosine"))
 
 
 def test_report_a_spec_is_the_published_report_a_configuration() -> None:

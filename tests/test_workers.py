@@ -81,7 +81,7 @@ def test_three_workers_share_a_nine_trial_study(write_spec, postgres_url, mnist_
     results = [finish(p) for p in procs]
     for code, out, err in results:
         assert code == 0, err
-        assert "best trial of study 'small'" in out
+        assert "recommended trial of study 'small'" in out
     trials = trials_of(postgres_url, "small")
     finished = [t for t in trials if t.state in FINISHED]
     assert 9 <= len(finished) <= 11, "each extra worker may overshoot by the one trial in hand"
