@@ -11,6 +11,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from hpo.confirm import confirmed_best
 from hpo.data import cv_pairs, stratified_folds
 from hpo.evaluate import configs
 from hpo.report import ablation_cells, build_report
@@ -43,8 +44,11 @@ def test_report_is_one_self_contained_file_with_every_section(cli, small_study, 
     assert not re.search(r"<script[^>]+src=", page), "plotly.js is inlined, nothing is fetched"
     # history, intermediates, importances, parallel, slices, the cell bars, the per-round bars
     assert plotly_divs(page) == 7
-    evaluation = optuna.load_study(study_name=name, storage=url).user_attrs["evaluation"]
+    study = optuna.load_study(study_name=name, storage=url)
+    evaluation = study.user_attrs["evaluation"]
     assert f"{100 * evaluation['mean']:.2f} ± {100 * evaluation['std']:.2f} % over 2 rounds" in page
+    assert evaluation["trial"] == confirmed_best(study).number, "evaluate tests the recommended trial"
+    assert f"recommended trial</td><td>#{evaluation['trial']}: CV" in page
 
 
 def test_grid_ablation_groups_cv_accuracy_by_sharing_and_aux_loss(cli, write_spec, sqlite_url, mnist_dir, tmp_path) -> None:
