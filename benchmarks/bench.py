@@ -41,7 +41,7 @@ from hpo.data import Pairs, cv_pairs, resolve_data_dir  # noqa: E402
 from hpo.model import TwinConfig, TwinNet  # noqa: E402
 from hpo.objective import Objective, train_config, trial_seeds  # noqa: E402
 from hpo.rng import generator  # noqa: E402
-from hpo.spec import StudySpec, load_spec  # noqa: E402
+from hpo.spec import Fixed, StudySpec, load_spec  # noqa: E402
 
 DEFAULT_SPEC = ROOT / "studies" / "twin.toml"
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -60,6 +60,7 @@ REFERENCE = {
     "head": "mlp",
     "head_input": "logits",
     "shift": 0,
+    "schedule": "constant",
     "conv1_channels": 32,
     "conv2_channels": 64,
     "hidden": 128,
@@ -83,6 +84,14 @@ class Sizes:
 
 FULL = Sizes(1000, 5, 25, (250, 500, 1000), 8, 200, 25, 6, 5)
 QUICK = Sizes(200, 2, 1, (50,), 2, 2, 1, 1, 1)
+
+
+def reference_spec(sizes: Sizes) -> StudySpec:
+    """The default spec with the reference fixed for every parameter, the spec's own fixed
+    values (its shifts, its schedule) included: the loop it is compared with has neither."""
+    spec = load_spec(DEFAULT_SPEC).with_overrides(folds=sizes.folds, epochs=sizes.epochs)
+    space = {name: Fixed(value) for name, value in REFERENCE.items()}
+    return replace(spec, space=space, train=replace(spec.train, train_pairs=sizes.pairs))
 
 
 def median_of(repeats: int, run: Callable[[], Any]) -> tuple[float, list[float], Any]:
@@ -408,8 +417,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     data_dir = resolve_data_dir(args.data_dir)
-    spec = load_spec(DEFAULT_SPEC).with_overrides(folds=sizes.folds, epochs=sizes.epochs)
-    spec = replace(spec, train=replace(spec.train, train_pairs=sizes.pairs))
+    spec = reference_spec(sizes)
     pairs = cv_pairs(data_dir, sizes.pairs, spec.seed, download=False)
 
     res: dict[str, Any] = {"quick": args.quick, "environment": environment(args.threads), "reference": REFERENCE,

@@ -9,6 +9,7 @@ best mean of the two. The second draw comes from MNIST's training split, never t
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Callable
 from dataclasses import replace
@@ -43,17 +44,23 @@ def confirm_leaders(
     top: int,
     device: torch.device,
     on_confirmed: Callable[[FrozenTrial, float], None] | None = None,
+    start_at: int | None = None,
 ) -> dict[int, float]:
     """Score each of the `top` leading trials once on the second draw; returns every score so far.
 
     Scores are kept in the study, so re-runs and other workers skip trials already scored
-    (two workers finishing together may score one trial twice, to the same value).
+    (two workers may still score one trial twice, to the same value). `start_at` is the
+    leader to begin with (default: one picked by process id).
     """
     todo = [t for t in leaders(study, top) if str(t.number) not in study.user_attrs.get(ATTR, {})]
     if todo:
         second = replace(spec, seed=confirm_seed(spec))
         objective = Objective(second, cv_pairs(data_dir, spec.train.train_pairs, second.seed), device)
-        for trial in todo:
+        # Workers that finish together start at different leaders, so they rarely repeat work.
+        start = start_at if start_at is not None else os.getpid() % len(todo)
+        for trial in todo[start:] + todo[:start]:
+            if str(trial.number) in study.user_attrs.get(ATTR, {}):
+                continue  # another worker scored it meanwhile
             value = float(objective(optuna.trial.FixedTrial(trial.params, number=trial.number)))
             scores = {**study.user_attrs.get(ATTR, {}), str(trial.number): value}
             study.set_user_attr(ATTR, scores)

@@ -4,8 +4,11 @@ import json
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
+
+from hpo.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -37,3 +40,11 @@ def test_quick_benchmark_runs_every_part_and_writes_json_and_a_markdown_table(mn
     table = capsys.readouterr().out
     assert table.startswith("| measure | value | target |")
     assert "trial: speed-up" in table and "workers: peak RSS" in table and "GPU: one trial" in table
+
+
+def test_benchmark_trial_trains_exactly_the_reference_configuration() -> None:
+    """Not the default spec's own fixed values (shifts, cosine schedule): the user's loop has neither."""
+    spec = bench.reference_spec(bench.QUICK)
+    params = spec.suggest(optuna.trial.FixedTrial({}))
+    assert params == bench.REFERENCE
+    assert TrainConfig.from_params(params, 1, 25).shift == 0 and TrainConfig.from_params(params, 1, 25).schedule == "constant"

@@ -7,10 +7,10 @@ import torch
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from hpo.confirm import ATTR, confirm_seed, confirmed_best
+from hpo.confirm import ATTR, confirm_leaders, confirm_seed, confirmed_best
 from hpo.data import cv_pairs
 from hpo.results import pick_trial
-from hpo.spec import load_spec
+from hpo.spec import load_spec, parse_spec
 
 
 def _study(values: list[float]) -> optuna.Study:
@@ -64,3 +64,14 @@ def test_negative_confirm_is_one_error_line(cli, write_spec, sqlite_url, mnist_d
     result = cli("optimize", "--spec", write_spec(), "--storage", sqlite_url, "--data-dir", mnist_dir, "--confirm", -1)
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: --confirm must be 0 or more; got -1"
+
+
+def test_a_second_worker_skips_leaders_already_scored_and_starts_elsewhere(tmp_path, mnist_dir) -> None:
+    spec = parse_spec({"study": {"name": "c"}, "train": {"folds": 2, "epochs": 1, "train_pairs": 100},
+                       "space": {"lr": {"low": 1e-3, "high": 1e-2}, "conv1_channels": 4, "conv2_channels": 8, "hidden": 16}})
+    study = _study([0.95, 0.94, 0.90])
+    study.set_user_attr(ATTR, {"1": 0.5})  # scored by another worker
+    seen: list[int] = []
+    scores = confirm_leaders(study, spec, mnist_dir, 3, torch.device("cpu"), lambda t, v: seen.append(t.number), start_at=1)
+    assert seen == [2, 0], "starts at the second unscored leader, wraps around, skips #1"
+    assert scores[1] == 0.5 and set(scores) == {0, 1, 2}
