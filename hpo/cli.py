@@ -224,11 +224,11 @@ def _print_best(study) -> None:  # type: ignore[no-untyped-def]
     if len(study.directions) > 1:
         _print_pareto(study)
         return
-    from hpo.confirm import ATTR
+    from hpo.confirm import scores
     from hpo.results import pick_trial
 
     best = pick_trial(study, None)
-    second = study.user_attrs.get(ATTR, {}).get(str(best.number))
+    second = scores(study).get(best.number)
     how = "best mean CV over two draws of pairs" if second is not None else "best CV"
     table = Table(title=f"recommended trial of study '{study.study_name}': #{best.number} ({how})")
     table.add_column("parameter")

@@ -31,6 +31,11 @@ def confirm_seed(spec: StudySpec) -> int:
     return derive_seed(spec.seed, "confirm")
 
 
+def scores(study: optuna.Study) -> dict[int, float]:
+    """Second-draw CV accuracy by trial number (JSON keeps the stored keys as strings)."""
+    return {int(k): v for k, v in study.user_attrs.get(ATTR, {}).items()}
+
+
 def leaders(study: optuna.Study, top: int) -> list[FrozenTrial]:
     """The `top` complete trials with the highest CV accuracy, best first."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -52,29 +57,28 @@ def confirm_leaders(
     (two workers may still score one trial twice, to the same value). `start_at` is the
     leader to begin with (default: one picked by process id).
     """
-    todo = [t for t in leaders(study, top) if str(t.number) not in study.user_attrs.get(ATTR, {})]
+    todo = [t for t in leaders(study, top) if t.number not in scores(study)]
     if todo:
         second = replace(spec, seed=confirm_seed(spec))
         objective = Objective(second, cv_pairs(data_dir, spec.train.train_pairs, second.seed), device)
         # Workers that finish together start at different leaders, so they rarely repeat work.
         start = start_at if start_at is not None else os.getpid() % len(todo)
         for trial in todo[start:] + todo[:start]:
-            if str(trial.number) in study.user_attrs.get(ATTR, {}):
+            if trial.number in scores(study):
                 continue  # another worker scored it meanwhile
             value = float(objective(optuna.trial.FixedTrial(trial.params, number=trial.number)))
-            scores = {**study.user_attrs.get(ATTR, {}), str(trial.number): value}
-            study.set_user_attr(ATTR, scores)
+            study.set_user_attr(ATTR, {**study.user_attrs.get(ATTR, {}), str(trial.number): value})
             if on_confirmed is not None:
                 on_confirmed(trial, value)
-    return {int(k): v for k, v in study.user_attrs.get(ATTR, {}).items()}
+    return scores(study)
 
 
 def confirmed_best(study: optuna.Study) -> FrozenTrial | None:
     """The scored trial with the best mean of its two CV accuracies, if any trial was scored."""
-    scores = {int(k): v for k, v in study.user_attrs.get(ATTR, {}).items()}
-    if not scores:
+    second = scores(study)
+    if not second:
         return None
     trials = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    scored = [trials[n] for n in scores if n in trials]
+    scored = [trials[n] for n in second if n in trials]
     # Ties go to the higher first score, then to the earlier trial.
-    return max(scored, key=lambda t: (statistics.fmean([t.value, scores[t.number]]), t.value, -t.number), default=None)
+    return max(scored, key=lambda t: (statistics.fmean([t.value, second[t.number]]), t.value, -t.number), default=None)

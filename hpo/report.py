@@ -21,8 +21,7 @@ import plotly.graph_objects as go
 import plotly.offline
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.confirm import ATTR as CONFIRMED
-from hpo.confirm import confirmed_best
+from hpo.confirm import confirmed_best, scores
 from hpo.results import full_params, is_multi_objective
 
 TOP_TRIALS = 10
@@ -167,12 +166,11 @@ def _summary(study: optuna.Study) -> Section:
     rows = [("trials", f"{len(trials)}: {counts or 'none'}"), ("objectives", directions)]
     if not is_multi_objective(study) and any(t.state == TrialState.COMPLETE for t in trials):
         rows.append(("best value", f"{study.best_value:.4f} (trial #{study.best_trial.number})"))
-        scores = study.user_attrs.get(CONFIRMED, {})
+        second = scores(study)
         recommended = confirmed_best(study)
         if recommended is not None:
-            second = scores[str(recommended.number)]
             rows.append(("recommended trial", f"#{recommended.number}: CV {recommended.value:.4f}, "
-                         f"{second:.4f} on a second draw of pairs ({len(scores)} leaders re-scored)"))
+                         f"{second[recommended.number]:.4f} on a second draw of pairs ({len(second)} leaders re-scored)"))
     return "Study", _table(["", ""], rows, header=False)
 
 
