@@ -5,7 +5,7 @@
     python benchmarks/bench.py --parts trial,ceiling --repeats 5 --json out.json
 
 Parts (see issue 6): `trial` (our objective vs a sequential DataLoader loop), `ceiling` (large-batch
-training throughput of the same network), `study` (an N-trial study with and without pruning),
+training throughput of the same network), both at each `--threads` count, `study` (an N-trial study with and without pruning),
 `workers` (1 and 2 one-thread workers and 1 two-thread worker on PostgreSQL, and their peak RSS),
 `gpu` (the trial on CUDA, when torch sees one). A Markdown table goes to stdout, JSON to --json.
 """
@@ -339,19 +339,16 @@ def _fmt(value: Any, spec: str) -> str:
 
 def markdown(res: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str]] = []
-    if "trial" in res:
-        t = res["trial"]
-        rows += [
-            ("trial: our objective (s)", _fmt(t["ours_s"], ".1f"), ""),
-            ("trial: sequential DataLoader loop (s)", _fmt(t["user_loop_s"], ".1f"), ""),
-            ("trial: speed-up", _fmt(t["speedup"], ".2f") + "x", ">= 2.5x"),
-            ("trial: CV accuracy ours / loop (mean over the repeats' seeds)", f"{t['ours_cv_accuracy']:.4f} / {t['user_loop_cv_accuracy']:.4f}", "within 0.5 points"),
-        ]
-    if "ceiling" in res:
-        c = res["ceiling"]
-        rows.append((f"ceiling: one net, batch {c['ceiling_batch']} (pairs/s)", _fmt(c["ceiling_pairs_per_s"], ".0f"), ""))
-        if "trial" in res:
-            rows.append(("ours / ceiling throughput", f"{res['trial']['ours_pairs_per_s']:.0f} pairs/s = {c['fraction_of_ceiling']:.0%}", ">= 70%"))
+    for threads, t in res.get("trial", {}).items():
+        at = f"{threads} thread{'s' if threads != '1' else ''}"
+        rows.append((f"trial, {at}: our objective / sequential DataLoader loop (s)", f"{_fmt(t['ours_s'], '.1f')} / {_fmt(t['user_loop_s'], '.1f')}", ""))
+        rows.append((f"trial, {at}: speed-up", _fmt(t["speedup"], ".2f") + "x", ">= 2.5x"))
+        rows.append((f"trial, {at}: CV accuracy ours / loop (mean over the repeats' seeds)", f"{t['ours_cv_accuracy']:.4f} / {t['user_loop_cv_accuracy']:.4f}", "within 0.5 points"))
+    for threads, c in res.get("ceiling", {}).items():
+        at = f"{threads} thread{'s' if threads != '1' else ''}"
+        rows.append((f"ceiling, {at}: one net, batch {c['ceiling_batch']} (pairs/s)", _fmt(c["ceiling_pairs_per_s"], ".0f"), ""))
+        if "fraction_of_ceiling" in c:
+            rows.append((f"ours / ceiling throughput, {at}", f"{res['trial'][threads]['ours_pairs_per_s']:.0f} pairs/s = {c['fraction_of_ceiling']:.0%}", ">= 70%"))
     if "study" in res:
         s = res["study"]
         for pruner in ("median", "none"):
@@ -374,7 +371,7 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def environment(threads: int) -> dict[str, Any]:
+def environment(threads: list[int]) -> dict[str, Any]:
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cpu": platform.processor() or platform.machine(),
@@ -395,7 +392,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--study-pruners", default="median,none", help="pruners to run the study with")
     ap.add_argument("--study-threads", type=int, default=None, help="torch threads of the study process [torch's default]")
     ap.add_argument("--study-db", type=Path, default=None, help="keep the study part's SQLite store here (a fresh file) [a temporary one]")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads in this process (trial, ceiling) [1]")
+    ap.add_argument("--threads", default=f"1,{torch.get_num_threads()}",
+                    help="comma-separated torch thread counts the trial and ceiling parts run at, each in turn "
+                         "[1 and torch's default, here %(default)s]")
     ap.add_argument("--postgres", default=DEFAULT_POSTGRES, help="PostgreSQL server URL for the workers part (a database is created and dropped)")
     ap.add_argument("--data-dir", type=Path, default=None, help="MNIST folder [$HPO_DATA_DIR, else data]")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results.json"), help="where the JSON goes")
@@ -404,23 +403,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sizes = QUICK if args.quick else FULL
     repeats = args.repeats or (1 if args.quick else 3)
     parts = set(args.parts.split(","))
-    torch.set_num_threads(args.threads)
+    try:
+        thread_counts = sorted({int(n) for n in args.threads.split(",")})
+    except ValueError:
+        ap.error(f"--threads takes comma-separated whole numbers; got '{args.threads}'")
+    if thread_counts[0] < 1:
+        ap.error(f"--threads must all be at least 1; got '{args.threads}'")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     data_dir = resolve_data_dir(args.data_dir)
     spec = reference_spec(sizes)
     pairs = cv_pairs(data_dir, sizes.pairs, spec.seed, download=False)
 
-    res: dict[str, Any] = {"quick": args.quick, "environment": environment(args.threads), "reference": REFERENCE,
+    res: dict[str, Any] = {"quick": args.quick, "environment": environment(thread_counts), "reference": REFERENCE,
                            "sizes": sizes.__dict__, "repeats": repeats}
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    if "trial" in parts:
-        log("trial: ours vs the sequential loop")
-        res["trial"] = bench_trial(spec, pairs, repeats)
-    if "ceiling" in parts:
-        log("ceiling")
-        res["ceiling"] = bench_ceiling(pairs, sizes, repeats)
-        if "trial" in res:
-            res["ceiling"]["fraction_of_ceiling"] = res["trial"]["ours_pairs_per_s"] / res["ceiling"]["ceiling_pairs_per_s"]
+    # Keyed by thread count: the user's loop runs at torch's default threads unless told
+    # otherwise, and one thread each isolates what batching alone buys.
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        if "trial" in parts:
+            log(f"trial at {threads} thread(s): ours vs the sequential loop")
+            res.setdefault("trial", {})[str(threads)] = trial = bench_trial(spec, pairs, repeats)
+        if "ceiling" in parts:
+            log(f"ceiling at {threads} thread(s)")
+            res.setdefault("ceiling", {})[str(threads)] = ceiling = bench_ceiling(pairs, sizes, repeats)
+            if "trial" in parts:
+                ceiling["fraction_of_ceiling"] = trial["ours_pairs_per_s"] / ceiling["ceiling_pairs_per_s"]
+    torch.set_num_threads(thread_counts[0])
     if "gpu" in parts and torch.cuda.is_available():
         log("gpu trial")
         res["gpu"] = bench_trial(spec, pairs, repeats, device="cuda")

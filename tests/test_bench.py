@@ -20,15 +20,16 @@ import bench  # noqa: E402
 def test_quick_benchmark_runs_every_part_and_writes_json_and_a_markdown_table(mnist_dir, tmp_path, capsys) -> None:
     threads = torch.get_num_threads()
     try:
-        result = bench.main(["--quick", "--data-dir", str(mnist_dir), "--json", str(tmp_path / "bench.json")])
+        result = bench.main(["--quick", "--threads", "2,1", "--data-dir", str(mnist_dir), "--json", str(tmp_path / "bench.json")])
     finally:
         torch.set_num_threads(threads)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["quick"] is True
-    trial = saved["trial"]
-    assert trial["ours_s"] > 0 and trial["user_loop_s"] > 0
-    assert 0.0 <= trial["ours_cv_accuracy"] <= 1.0 and 0.0 <= trial["user_loop_cv_accuracy"] <= 1.0
-    assert saved["ceiling"]["ceiling_pairs_per_s"] > 0 and saved["ceiling"]["fraction_of_ceiling"] > 0
+    assert set(saved["trial"]) == set(saved["ceiling"]) == {"1", "2"}
+    for trial, ceiling in zip(saved["trial"].values(), saved["ceiling"].values()):
+        assert trial["ours_s"] > 0 and trial["user_loop_s"] > 0
+        assert 0.0 <= trial["ours_cv_accuracy"] <= 1.0 and 0.0 <= trial["user_loop_cv_accuracy"] <= 1.0
+        assert ceiling["ceiling_pairs_per_s"] > 0 and ceiling["fraction_of_ceiling"] > 0
     for pruner in ("median", "none"):
         assert saved["study"][pruner]["finished"] >= bench.QUICK.study_trials
     workers = saved["workers"]
@@ -39,7 +40,7 @@ def test_quick_benchmark_runs_every_part_and_writes_json_and_a_markdown_table(mn
     assert result["workers"]["two_workers_speedup"] == workers["two_workers_speedup"]
     table = capsys.readouterr().out
     assert table.startswith("| measure | value | target |")
-    assert "trial: speed-up" in table and "workers: peak RSS" in table and "GPU: one trial" in table
+    assert "trial, 1 thread: speed-up" in table and "trial, 2 threads: speed-up" in table and "workers: peak RSS" in table and "GPU: one trial" in table
 
 
 def test_benchmark_trial_trains_exactly_the_reference_configuration() -> None:
@@ -48,3 +49,11 @@ def test_benchmark_trial_trains_exactly_the_reference_configuration() -> None:
     params = spec.suggest(optuna.trial.FixedTrial({}))
     assert params == bench.REFERENCE
     assert TrainConfig.from_params(params, 1, 25).shift == 0 and TrainConfig.from_params(params, 1, 25).schedule == "constant"
+
+
+@pytest.mark.parametrize("threads", ["0", "one", "1,,2"])
+def test_benchmark_rejects_thread_counts_that_are_not_positive_whole_numbers(threads, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--quick", "--parts", "trial", "--threads", threads])
+    assert exit_.value.code == 2
+    assert "--threads" in capsys.readouterr().err
