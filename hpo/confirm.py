@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,16 +25,40 @@ from hpo.objective import Objective
 from hpo.rng import derive_seed
 from hpo.spec import StudySpec
 
-ATTR = "confirmed"  # study user attribute: {trial number: CV accuracy on the second draw}
+# Study user attributes, one key per trial, so that workers never overwrite each other's:
+SCORE = "confirmed:"  # + trial number: CV accuracy on the second draw
+CLAIM = "confirming:"  # + trial number: when a worker began scoring it (Unix time)
+LEGACY = "confirmed"  # the previous release kept every score in one dict under this key
+POLL_SECONDS = 1.0
 
 
 def confirm_seed(spec: StudySpec) -> int:
     return derive_seed(spec.seed, "confirm")
 
 
+def record(study: optuna.Study, number: int, value: float) -> None:
+    study.set_user_attr(f"{SCORE}{number}", value)
+
+
 def scores(study: optuna.Study) -> dict[int, float]:
-    """Second-draw CV accuracy by trial number (JSON keeps the stored keys as strings)."""
-    return {int(k): v for k, v in study.user_attrs.get(ATTR, {}).items()}
+    """Second-draw CV accuracy by trial number."""
+    attrs = study.user_attrs
+    found = {int(k): v for k, v in attrs.get(LEGACY, {}).items()}
+    found.update({int(k.removeprefix(SCORE)): v for k, v in attrs.items() if k.startswith(SCORE)})
+    return found
+
+
+def _claimed_elsewhere(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Another worker began scoring `trial` and may still be at it.
+
+    A claim lapses after three times the trial's own training time plus a minute (the second
+    score trains the same network again), so a worker that died does not block it for good.
+    """
+    since = study.user_attrs.get(f"{CLAIM}{trial.number}")
+    if since is None:
+        return False
+    took = trial.duration.total_seconds() if trial.duration is not None else 0.0
+    return time.time() - since < 3 * took + 60
 
 
 def leaders(study: optuna.Study, top: int) -> list[FrozenTrial]:
@@ -51,25 +76,37 @@ def confirm_leaders(
     on_confirmed: Callable[[FrozenTrial, float], None] | None = None,
     start_at: int | None = None,
 ) -> dict[int, float]:
-    """Score each of the `top` leading trials once on the second draw; returns every score so far.
+    """Score each of the `top` leading trials once on the second draw; returns every score.
 
-    Scores are kept in the study, so re-runs and other workers skip trials already scored
-    (two workers may still score one trial twice, to the same value). `start_at` is the
-    leader to begin with (default: one picked by process id).
+    Scores are kept in the study, so re-runs skip trials already scored. Workers that finish
+    together share the work: each claims a leader before scoring it and leaves leaders that
+    another has claimed, then waits for their scores (or takes over a claim that lapsed), so
+    every worker ends with all `top` scores. `start_at` is the leader to begin with (default:
+    one picked by process id, so that workers rarely reach for the same leader at once).
     """
     todo = [t for t in leaders(study, top) if t.number not in scores(study)]
-    if todo:
-        second = replace(spec, seed=confirm_seed(spec))
-        objective = Objective(second, cv_pairs(data_dir, spec.train.train_pairs, second.seed), device)
-        # Workers that finish together start at different leaders, so they rarely repeat work.
-        start = start_at if start_at is not None else os.getpid() % len(todo)
-        for trial in todo[start:] + todo[:start]:
+    if not todo:
+        return scores(study)
+    second = replace(spec, seed=confirm_seed(spec))
+    objective = Objective(second, cv_pairs(data_dir, spec.train.train_pairs, second.seed), device)
+    start = start_at if start_at is not None else os.getpid() % len(todo)
+    todo = todo[start:] + todo[:start]
+    while todo:
+        waiting = []
+        for trial in todo:
             if trial.number in scores(study):
                 continue  # another worker scored it meanwhile
+            if _claimed_elsewhere(study, trial):
+                waiting.append(trial)
+                continue
+            study.set_user_attr(f"{CLAIM}{trial.number}", time.time())
             value = float(objective(optuna.trial.FixedTrial(trial.params, number=trial.number)))
-            study.set_user_attr(ATTR, {**study.user_attrs.get(ATTR, {}), str(trial.number): value})
+            record(study, trial.number, value)
             if on_confirmed is not None:
                 on_confirmed(trial, value)
+        todo = [t for t in waiting if t.number not in scores(study)]
+        if todo:
+            time.sleep(POLL_SECONDS)
     return scores(study)
 
 
