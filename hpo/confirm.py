@@ -25,9 +25,10 @@ from hpo.objective import Objective
 from hpo.rng import derive_seed
 from hpo.spec import StudySpec
 
-# Study user attributes, one key per trial, so that workers never overwrite each other's:
-SCORE = "confirmed:"  # + trial number: CV accuracy on the second draw
-CLAIM = "confirming:"  # + trial number: when a worker began scoring it (Unix time)
+# One study user attribute per leader, so that workers never overwrite each other's:
+# KEY + trial number -> {"claimed_at": Unix time a worker began scoring it, "accuracy": its
+# CV accuracy on the second draw, once scored}.
+KEY = "confirmed:"
 LEGACY = "confirmed"  # the previous release kept every score in one dict under this key
 POLL_SECONDS = 1.0
 
@@ -36,15 +37,21 @@ def confirm_seed(spec: StudySpec) -> int:
     return derive_seed(spec.seed, "confirm")
 
 
+def claim(study: optuna.Study, number: int, at: float) -> None:
+    study.set_user_attr(f"{KEY}{number}", {"claimed_at": at})
+
+
 def record(study: optuna.Study, number: int, value: float) -> None:
-    study.set_user_attr(f"{SCORE}{number}", value)
+    entry = study.user_attrs.get(f"{KEY}{number}", {})
+    study.set_user_attr(f"{KEY}{number}", {**entry, "accuracy": value})
 
 
 def scores(study: optuna.Study) -> dict[int, float]:
     """Second-draw CV accuracy by trial number."""
     attrs = study.user_attrs
     found = {int(k): v for k, v in attrs.get(LEGACY, {}).items()}
-    found.update({int(k.removeprefix(SCORE)): v for k, v in attrs.items() if k.startswith(SCORE)})
+    found.update({int(k.removeprefix(KEY)): v["accuracy"] for k, v in attrs.items()
+                  if k.startswith(KEY) and "accuracy" in v})
     return found
 
 
@@ -54,7 +61,7 @@ def _claimed_elsewhere(study: optuna.Study, trial: FrozenTrial) -> bool:
     A claim lapses after three times the trial's own training time plus a minute (the second
     score trains the same network again), so a worker that died does not block it for good.
     """
-    since = study.user_attrs.get(f"{CLAIM}{trial.number}")
+    since = study.user_attrs.get(f"{KEY}{trial.number}", {}).get("claimed_at")
     if since is None:
         return False
     took = trial.duration.total_seconds() if trial.duration is not None else 0.0
@@ -99,7 +106,7 @@ def confirm_leaders(
             if _claimed_elsewhere(study, trial):
                 waiting.append(trial)
                 continue
-            study.set_user_attr(f"{CLAIM}{trial.number}", time.time())
+            claim(study, trial.number, time.time())
             value = float(objective(optuna.trial.FixedTrial(trial.params, number=trial.number)))
             record(study, trial.number, value)
             if on_confirmed is not None:

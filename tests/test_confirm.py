@@ -10,7 +10,7 @@ from optuna.trial import TrialState, create_trial
 import threading
 import time
 
-from hpo.confirm import CLAIM, LEGACY, confirm_leaders, confirm_seed, confirmed_best, record, scores
+from hpo.confirm import LEGACY, claim, confirm_leaders, confirm_seed, confirmed_best, record, scores
 from hpo.data import cv_pairs
 from hpo.results import pick_trial
 from hpo.spec import load_spec, parse_spec
@@ -86,7 +86,7 @@ def test_a_second_worker_skips_leaders_already_scored_and_starts_elsewhere(tmp_p
 
 def test_a_leader_another_worker_is_scoring_is_waited_for_not_scored_twice(mnist_dir) -> None:
     study = _study([0.95, 0.94, 0.90])
-    study.set_user_attr(f"{CLAIM}1", time.time())  # the other worker has just begun #1
+    claim(study, 1, time.time())  # the other worker has just begun #1
     other = threading.Timer(1.5, record, (study, 1, 0.5))  # ... and stores its score later
     other.start()
     seen: list[int] = []
@@ -100,7 +100,7 @@ def test_a_leader_another_worker_is_scoring_is_waited_for_not_scored_twice(mnist
 
 def test_a_lapsed_claim_of_a_worker_that_died_is_taken_over(mnist_dir) -> None:
     study = _study([0.95, 0.94])
-    study.set_user_attr(f"{CLAIM}0", time.time() - 3600)
+    claim(study, 0, time.time() - 3600)
     seen: list[int] = []
     got = confirm_leaders(study, parse_spec(TINY), mnist_dir, 2, torch.device("cpu"), lambda t, v: seen.append(t.number), start_at=0)
     assert seen == [0, 1] and set(got) == {0, 1}
