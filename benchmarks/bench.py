@@ -4,8 +4,9 @@
     python benchmarks/bench.py --quick              # every part, tiny, in about a minute (CI smoke test)
     python benchmarks/bench.py --parts trial,ceiling --repeats 5 --json out.json
 
-Parts (see issue 6): `trial` (our objective vs a sequential DataLoader loop), `ceiling` (large-batch
-training throughput of the same network), both at each `--threads` count, `study` (an N-trial study with and without pruning),
+Parts (see issue 6): `trial` (our objective vs a sequential DataLoader loop) and `ceiling`
+(large-batch training throughput of the same network), both at each `--threads` count, `study`
+(an N-trial study with and without pruning),
 `workers` (1 and 2 one-thread workers and 1 two-thread worker on PostgreSQL, and their peak RSS),
 `gpu` (the trial on CUDA, when torch sees one). A Markdown table goes to stdout, JSON to --json.
 """
@@ -337,15 +338,19 @@ def _fmt(value: Any, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def _at(threads: str) -> str:
+    return f"{threads} thread{'s' if threads != '1' else ''}"
+
+
 def markdown(res: dict[str, Any]) -> str:
     rows: list[tuple[str, str, str]] = []
     for threads, t in res.get("trial", {}).items():
-        at = f"{threads} thread{'s' if threads != '1' else ''}"
+        at = _at(threads)
         rows.append((f"trial, {at}: our objective / sequential DataLoader loop (s)", f"{_fmt(t['ours_s'], '.1f')} / {_fmt(t['user_loop_s'], '.1f')}", ""))
         rows.append((f"trial, {at}: speed-up", _fmt(t["speedup"], ".2f") + "x", ">= 2.5x"))
         rows.append((f"trial, {at}: CV accuracy ours / loop (mean over the repeats' seeds)", f"{t['ours_cv_accuracy']:.4f} / {t['user_loop_cv_accuracy']:.4f}", "within 0.5 points"))
     for threads, c in res.get("ceiling", {}).items():
-        at = f"{threads} thread{'s' if threads != '1' else ''}"
+        at = _at(threads)
         rows.append((f"ceiling, {at}: one net, batch {c['ceiling_batch']} (pairs/s)", _fmt(c["ceiling_pairs_per_s"], ".0f"), ""))
         if "fraction_of_ceiling" in c:
             rows.append((f"ours / ceiling throughput, {at}", f"{res['trial'][threads]['ours_pairs_per_s']:.0f} pairs/s = {c['fraction_of_ceiling']:.0%}", ">= 70%"))

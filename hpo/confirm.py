@@ -26,8 +26,8 @@ from hpo.rng import derive_seed
 from hpo.spec import StudySpec
 
 # One study user attribute per leader, so that workers never overwrite each other's:
-# KEY + trial number -> {"claimed_at": Unix time a worker began scoring it, "accuracy": its
-# CV accuracy on the second draw, once scored}.
+# KEY + trial number -> {"claimed_at": Unix time a worker began scoring it} while it is being
+# scored, then {"accuracy": its CV accuracy on the second draw}.
 KEY = "confirmed:"
 LEGACY = "confirmed"  # the previous release kept every score in one dict under this key
 POLL_SECONDS = 1.0
@@ -42,8 +42,7 @@ def claim(study: optuna.Study, number: int, at: float) -> None:
 
 
 def record(study: optuna.Study, number: int, value: float) -> None:
-    entry = study.user_attrs.get(f"{KEY}{number}", {})
-    study.set_user_attr(f"{KEY}{number}", {**entry, "accuracy": value})
+    study.set_user_attr(f"{KEY}{number}", {"accuracy": value})
 
 
 def scores(study: optuna.Study) -> dict[int, float]:
@@ -55,13 +54,13 @@ def scores(study: optuna.Study) -> dict[int, float]:
     return found
 
 
-def _claimed_elsewhere(study: optuna.Study, trial: FrozenTrial) -> bool:
-    """Another worker began scoring `trial` and may still be at it.
+def _claimed_elsewhere(entry: dict[str, float], trial: FrozenTrial) -> bool:
+    """`trial`'s entry says another worker began scoring it and may still be at it.
 
     A claim lapses after three times the trial's own training time plus a minute (the second
     score trains the same network again), so a worker that died does not block it for good.
     """
-    since = study.user_attrs.get(f"{KEY}{trial.number}", {}).get("claimed_at")
+    since = entry.get("claimed_at")
     if since is None:
         return False
     took = trial.duration.total_seconds() if trial.duration is not None else 0.0
@@ -91,9 +90,10 @@ def confirm_leaders(
     every worker ends with all `top` scores. `start_at` is the leader to begin with (default:
     one picked by process id, so that workers rarely reach for the same leader at once).
     """
-    todo = [t for t in leaders(study, top) if t.number not in scores(study)]
+    done = scores(study)
+    todo = [t for t in leaders(study, top) if t.number not in done]
     if not todo:
-        return scores(study)
+        return done
     second = replace(spec, seed=confirm_seed(spec))
     objective = Objective(second, cv_pairs(data_dir, spec.train.train_pairs, second.seed), device)
     start = start_at if start_at is not None else os.getpid() % len(todo)
@@ -101,9 +101,10 @@ def confirm_leaders(
     while todo:
         waiting = []
         for trial in todo:
-            if trial.number in scores(study):
+            entry = study.user_attrs.get(f"{KEY}{trial.number}", {})
+            if "accuracy" in entry:
                 continue  # another worker scored it meanwhile
-            if _claimed_elsewhere(study, trial):
+            if _claimed_elsewhere(entry, trial):
                 waiting.append(trial)
                 continue
             claim(study, trial.number, time.time())
@@ -111,10 +112,11 @@ def confirm_leaders(
             record(study, trial.number, value)
             if on_confirmed is not None:
                 on_confirmed(trial, value)
-        todo = [t for t in waiting if t.number not in scores(study)]
+        done = scores(study)
+        todo = [t for t in waiting if t.number not in done]
         if todo:
             time.sleep(POLL_SECONDS)
-    return scores(study)
+    return done
 
 
 def confirmed_best(study: optuna.Study) -> FrozenTrial | None:

@@ -60,8 +60,7 @@ class MemberConv2d(nn.Module):
             _uniform_fan_in(self.conv.bias[rows], self.fan_in, gen)
         # Stored channels-last like the activations: oneDNN otherwise reorders the weight
         # in every forward and backward pass (2 % of a step).
-        with torch.no_grad():
-            self.conv.weight.data = weight.contiguous(memory_format=torch.channels_last)
+        self.conv.weight.data = weight.contiguous(memory_format=torch.channels_last)
 
 
 class MemberLinear(nn.Module):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import optuna
 import torch
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
-
-import threading
-import time
 
 from hpo.confirm import LEGACY, claim, confirm_leaders, confirm_seed, confirmed_best, record, scores
 from hpo.data import cv_pairs
