@@ -39,8 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hpo.data import Pairs, cv_pairs, resolve_data_dir  # noqa: E402
-from hpo.model import TwinConfig, TwinNet  # noqa: E402
-from hpo.objective import Objective, train_config, trial_seeds  # noqa: E402
+from hpo.model import TwinNet  # noqa: E402
+from hpo.objective import Objective, trial_seeds  # noqa: E402
+from hpo.params import TwinConfig, configs  # noqa: E402
 from hpo.rng import generator  # noqa: E402
 from hpo.spec import Fixed, StudySpec, load_spec  # noqa: E402
 
@@ -114,7 +115,7 @@ def user_loop(spec: StudySpec, pairs: Pairs, objective: Objective, params: dict[
     Same TwinNet (one member), same initialisation and settings as our trial; scored once per
     fold after the last epoch; seeded, so it is repeatable. Returns the mean CV accuracy.
     """
-    cfg, train = TwinConfig.from_params(params), train_config(params, spec)
+    cfg, train = configs(params, spec.train.epochs, spec.train.batch_size)
     folds, accuracies = objective.folds, []
     for fold, seed in enumerate(trial_seeds(spec.seed, 0, folds.k)):
         rows, val = folds.train_index[fold], folds.val_index[fold]
@@ -188,7 +189,7 @@ def bench_trial(spec: StudySpec, pairs: Pairs, repeats: int, device: str = "cpu"
 
 def ceiling_throughput(pairs: Pairs, batch: int, steps: int) -> float:
     """Pairs per second of forward + backward + Adam step of one reference net at `batch`."""
-    cfg = TwinConfig.from_params(REFERENCE)
+    cfg = configs(REFERENCE, 1, 25)[0]
     model = TwinNet(cfg).init_([generator(0, "init")]).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     gen = generator(0, "ceiling")

@@ -28,13 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
-def instrumented_worker(report: str, argv: list[str]) -> None:
-    """Run `hpo ARGV` with every RDBStorage method timed; write the totals to `report` (JSON)."""
+def instrumented_worker(report: str, options: str) -> None:
+    """Run app.optimize(OPTIONS as JSON) with every RDBStorage method timed; write the totals to `report` (JSON)."""
     import functools
 
     import optuna
 
-    from hpo.cli import app
+    from hpo.app import OptimizeOptions, Silent, optimize
 
     local = threading.local()
     totals = {"main_s": 0.0, "main_calls": 0, "other_threads_s": 0.0, "other_calls": 0}
@@ -65,14 +65,9 @@ def instrumented_worker(report: str, argv: list[str]) -> None:
         if callable(attr) and (not name.startswith("_") or name == "_get_stale_trial_ids") and name != "__init__":
             setattr(storage_cls, name, timed(attr))
     start = time.perf_counter()
-    code = 0
-    try:
-        app(argv, standalone_mode=False)
-    except SystemExit as exc:  # pragma: no cover - typer exits on errors
-        code = int(exc.code or 0)
+    optimize(OptimizeOptions(**json.loads(options)), Silent())
     totals["process_s"] = time.perf_counter() - start
     Path(report).write_text(json.dumps(totals))
-    sys.exit(code)
 
 
 def _database(server: str, name: str, create: bool) -> str:
@@ -95,12 +90,12 @@ def run_configuration(workers: int, args: argparse.Namespace, server: str) -> di
     name = f"hpo_bench_{uuid.uuid4().hex[:10]}"
     url = _database(server, name, create=True)
     reports = [Path(tempfile.mkstemp(suffix=".json")[1]) for _ in range(workers)]
-    argv = ["optimize", "--trials", str(args.trials), "--epochs", str(args.epochs), "--pruner", "none",
-            "--threads", "1", "--storage", url, "--study", "bench"]
+    options = json.dumps({"trials": args.trials, "epochs": args.epochs, "pruner": "none", "threads": 1,
+                          "storage": url, "study": "bench", "confirm": 0})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
         start = time.perf_counter()
-        procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(r), "--", *argv], cwd=ROOT, env=env,
+        procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(r), options], cwd=ROOT, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in reports]
         for proc in procs:
             _, err = proc.communicate()
@@ -163,6 +158,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
-        instrumented_worker(sys.argv[2], sys.argv[4:])
+        instrumented_worker(sys.argv[2], sys.argv[3])
     else:
         main()

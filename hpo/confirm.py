@@ -10,48 +10,33 @@ best mean of the two. The second draw comes from MNIST's training split, never t
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.data import cv_pairs
-from hpo.objective import Objective
+from hpo.data import Pairs, cv_pairs
+from hpo.objective import cross_validate, study_folds, trial_seeds
+from hpo.results import CONFIRMED_KEY, Recipe, recipe, scores
 from hpo.rng import derive_seed
 from hpo.spec import StudySpec
 
-# One study user attribute per leader, so that workers never overwrite each other's:
-# KEY + trial number -> {"claimed_at": Unix time a worker began scoring it} while it is being
-# scored, then {"accuracy": its CV accuracy on the second draw}.
-KEY = "confirmed:"
-LEGACY = "confirmed"  # the previous release kept every score in one dict under this key
 POLL_SECONDS = 1.0
 
 
-def confirm_seed(spec: StudySpec) -> int:
+def confirm_seed(spec: StudySpec | Recipe) -> int:
     return derive_seed(spec.seed, "confirm")
 
 
 def claim(study: optuna.Study, number: int, at: float) -> None:
-    study.set_user_attr(f"{KEY}{number}", {"claimed_at": at})
+    study.set_user_attr(f"{CONFIRMED_KEY}{number}", {"claimed_at": at})
 
 
 def record(study: optuna.Study, number: int, value: float) -> None:
-    study.set_user_attr(f"{KEY}{number}", {"accuracy": value})
-
-
-def scores(study: optuna.Study) -> dict[int, float]:
-    """Second-draw CV accuracy by trial number."""
-    attrs = study.user_attrs
-    found = {int(k): v for k, v in attrs.get(LEGACY, {}).items()}
-    found.update({int(k.removeprefix(KEY)): v["accuracy"] for k, v in attrs.items()
-                  if k.startswith(KEY) and "accuracy" in v})
-    return found
+    study.set_user_attr(f"{CONFIRMED_KEY}{number}", {"accuracy": value})
 
 
 def _claimed_elsewhere(entry: dict[str, float], trial: FrozenTrial) -> bool:
@@ -71,6 +56,26 @@ def leaders(study: optuna.Study, top: int) -> list[FrozenTrial]:
     """The `top` complete trials with the highest CV accuracy, best first."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return sorted(complete, key=lambda t: t.value, reverse=True)[:top]
+
+
+class SecondDraw:
+    """Scores a leader by CV on a second draw of pairs, with the settings it ran with."""
+
+    def __init__(self, spec: StudySpec, data_dir: str | Path, device: torch.device) -> None:
+        self.spec, self.data_dir, self.device = spec, data_dir, device
+        self._pairs: dict[tuple[int, int], Pairs] = {}
+
+    def __call__(self, trial: FrozenTrial) -> float:
+        how = recipe(trial, fallback=self.spec.train)
+        seed = confirm_seed(how)
+        key = (seed, how.settings.train_pairs)
+        if key not in self._pairs:
+            self._pairs[key] = cv_pairs(self.data_dir, how.settings.train_pairs, seed)
+        pairs = self._pairs[key]
+        folds = study_folds(pairs, how.settings.folds, seed)
+        seeds = trial_seeds(seed, trial.number, folds.k)
+        result = cross_validate(how.params, how.settings, pairs, folds, seeds, self.device)
+        return sum(result.accuracies) / len(result.accuracies)
 
 
 def confirm_leaders(
@@ -94,21 +99,20 @@ def confirm_leaders(
     todo = [t for t in leaders(study, top) if t.number not in done]
     if not todo:
         return done
-    second = replace(spec, seed=confirm_seed(spec))
-    objective = Objective(second, cv_pairs(data_dir, spec.train.train_pairs, second.seed), device)
+    score = SecondDraw(spec, data_dir, device)
     start = start_at if start_at is not None else os.getpid() % len(todo)
     todo = todo[start:] + todo[:start]
     while todo:
         waiting = []
         for trial in todo:
-            entry = study.user_attrs.get(f"{KEY}{trial.number}", {})
+            entry = study.user_attrs.get(f"{CONFIRMED_KEY}{trial.number}", {})
             if "accuracy" in entry:
                 continue  # another worker scored it meanwhile
             if _claimed_elsewhere(entry, trial):
                 waiting.append(trial)
                 continue
             claim(study, trial.number, time.time())
-            value = float(objective(optuna.trial.FixedTrial(trial.params, number=trial.number)))
+            value = score(trial)
             record(study, trial.number, value)
             if on_confirmed is not None:
                 on_confirmed(trial, value)
@@ -117,14 +121,3 @@ def confirm_leaders(
         if todo:
             time.sleep(POLL_SECONDS)
     return done
-
-
-def confirmed_best(study: optuna.Study) -> FrozenTrial | None:
-    """The scored trial with the best mean of its two CV accuracies, if any trial was scored."""
-    second = scores(study)
-    if not second:
-        return None
-    trials = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    scored = [trials[n] for n in second if n in trials]
-    # Ties go to the higher first score, then to the earlier trial.
-    return max(scored, key=lambda t: (statistics.fmean([t.value, second[t.number]]), t.value, -t.number), default=None)

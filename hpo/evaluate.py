@@ -16,14 +16,9 @@ from typing import Any
 import torch
 
 from hpo.data import Pairs, load_mnist, make_pairs, standardise
-from hpo.model import TwinConfig
+from hpo.params import TrainConfig, TwinConfig
 from hpo.rng import derive_seed, generator
-from hpo.train import EpochHook, TrainConfig, train_members
-
-
-def configs(params: dict[str, Any], epochs: int, batch_size: int) -> tuple[TwinConfig, TrainConfig]:
-    """A full parameter set (sampled + fixed) as the model and training configs it names."""
-    return TwinConfig.from_params(params), TrainConfig.from_params(params, epochs, batch_size)
+from hpo.train import EpochHook, train_members
 
 
 @dataclass(frozen=True)

@@ -9,36 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-HeadInput = Literal["logits", "softmax"]
-Head = Literal["mlp", "compare"]
+from hpo.params import TwinConfig
 
-
-@dataclass(frozen=True)
-class TwinConfig:
-    """What one member network is made of."""
-
-    weight_sharing: bool = True
-    batch_norm: bool = False
-    dropout: float = 0.25
-    conv1_channels: int = 32
-    conv2_channels: int = 64
-    hidden: int = 128
-    head: Head = "mlp"
-    head_hidden: int = 64
-    head_input: HeadInput = "logits"
-
-    @classmethod
-    def from_params(cls, params: dict[str, object]) -> TwinConfig:
-        """The config named by a flat parameter dict; keys that are not config fields are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names})  # type: ignore[arg-type]
+__all__ = ["TwinConfig", "TwinNet", "compare_digits"]
 
 
 class MemberConv2d(nn.Module):

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import statistics
+from dataclasses import asdict
 from typing import Any
 
 import optuna
 import torch
 
 from hpo.data import Folds, Pairs, stratified_folds
-from hpo.model import TwinConfig, TwinNet
+from hpo.model import TwinNet
+from hpo.params import configs
 from hpo.rng import derive_seed, generator
-from hpo.spec import Fixed, StudySpec
-from hpo.train import Diverged, TrainConfig, train_members
-
-
-def train_config(params: dict[str, Any], spec: StudySpec) -> TrainConfig:
-    """Sampled training choices over the spec's fixed settings."""
-    return TrainConfig.from_params(params, spec.train.epochs, spec.train.batch_size)
-
-
-def fixed_params(spec: StudySpec) -> dict[str, Any]:
-    """The spec's fixed parameter values, which Optuna does not record as trial params."""
-    return {name: p.value for name, p in spec.space.items() if isinstance(p, Fixed)}
+from hpo.spec import StudySpec, TrainSettings
+from hpo.train import Diverged, EpochHook, TrainResult, train_members
 
 
 def trial_seeds(seed: int, trial_number: int, folds: int) -> list[int]:
@@ -40,6 +32,26 @@ def seed_trial_number(trial: optuna.Trial) -> int:
     return number
 
 
+def study_folds(pairs: Pairs, folds: int, seed: int) -> Folds:
+    return stratified_folds(pairs.targets, folds, generator(seed, "folds"))
+
+
+def cross_validate(
+    params: dict[str, Any],
+    settings: TrainSettings,
+    pairs: Pairs,
+    folds: Folds,
+    seeds: list[int],
+    device: torch.device,
+    on_epoch: EpochHook | None = None,
+) -> TrainResult:
+    """All folds of one configuration trained as one batched computation."""
+    model_cfg, train_cfg = configs(params, settings.epochs, settings.batch_size)
+    return train_members(
+        model_cfg, train_cfg, pairs, folds.train_index, pairs, folds.val_index, seeds, device, on_epoch=on_epoch
+    )
+
+
 class Objective:
     """Mean CV accuracy over the spec's folds, reported each epoch so pruners can act.
 
@@ -49,16 +61,16 @@ class Objective:
 
     def __init__(self, spec: StudySpec, pairs: Pairs, device: torch.device) -> None:
         self.spec, self.pairs, self.device = spec, pairs, device
-        self.folds: Folds = stratified_folds(pairs.targets, spec.train.folds, generator(spec.seed, "folds"))
+        self.folds: Folds = study_folds(pairs, spec.train.folds, spec.seed)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         params = self.spec.suggest(trial)
-        model_cfg = TwinConfig.from_params(params)
+        model_cfg, _ = configs(params, self.spec.train.epochs, self.spec.train.batch_size)
         seeds = trial_seeds(self.spec.seed, seed_trial_number(trial), self.folds.k)
         trial.set_user_attr("seed", self.spec.seed)
         # trial.params holds only sampled values; these let `hpo evaluate` rebuild the full config.
-        trial.set_user_attr("fixed_params", fixed_params(self.spec))
-        trial.set_user_attr("train", {"epochs": self.spec.train.epochs, "batch_size": self.spec.train.batch_size})
+        trial.set_user_attr("fixed_params", self.spec.fixed_params())
+        trial.set_user_attr("train", asdict(self.spec.train))
         n_params = TwinNet(model_cfg).parameters_per_member()
         trial.set_user_attr("n_params", n_params)
         self._check_budget(trial, n_params)
@@ -72,17 +84,7 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
         try:
-            result = train_members(
-                model_cfg,
-                train_config(params, self.spec),
-                self.pairs,
-                self.folds.train_index,
-                self.pairs,
-                self.folds.val_index,
-                seeds,
-                self.device,
-                on_epoch=report,
-            )
+            result = cross_validate(params, self.spec.train, self.pairs, self.folds, seeds, self.device, report)
         except Diverged as exc:
             trial.set_user_attr("pruned_reason", str(exc))
             raise optuna.TrialPruned(str(exc)) from None

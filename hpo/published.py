@@ -1,4 +1,4 @@
-"""The published hand-tuned configurations (../shared/docs/task.md) in our parameters.
+"""The published hand-tuned configurations (docs/task.md) in our parameters.
 
 They seed a new study (its first trials), so the search starts from the best hand-tuned
 point and their CV scores sit beside ours. Values the reports do not give are our
@@ -15,9 +15,8 @@ from hpo.spec import Choice, Fixed, FloatRange, IntRange, Param, StudySpec
 
 @dataclass(frozen=True)
 class Published:
-    source: str
+    source: str  # which report; its results are in docs/task.md
     params: dict[str, Any]
-    note: str = ""
 
 
 REPORT_A = {
@@ -38,8 +37,8 @@ REPORT_A = {
 }
 
 PUBLISHED: tuple[Published, ...] = (
-    Published("report A", REPORT_A, "97.28 ± 0.42 (50 epochs, batch 5); aux weight assumed 1.0"),
-    Published("report A + batch norm", {**REPORT_A, "batch_norm": True}, "96.04 ± 0.54"),
+    Published("report A", REPORT_A),  # 97.28 ± 0.42 (50 epochs, batch 5); aux weight assumed 1.0
+    Published("report A + batch norm", {**REPORT_A, "batch_norm": True}),  # 96.04 ± 0.54
     Published(
         "report B",
         {
@@ -51,8 +50,7 @@ PUBLISHED: tuple[Published, ...] = (
             "lr": 1e-2,
             "beta1": 0.9,
         },
-        "95.22 ± 0.62 (25 epochs, batch 25); Adam defaults assumed for beta1",
-    ),
+    ),  # 95.22 ± 0.62 (25 epochs, batch 25); Adam defaults assumed for beta1
 )
 
 

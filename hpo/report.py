@@ -21,8 +21,7 @@ import plotly.graph_objects as go
 import plotly.offline
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.confirm import confirmed_best, scores
-from hpo.results import full_params, is_multi_objective
+from hpo.results import confirmed_best, fmt, full_params, is_multi_objective, scores
 
 TOP_TRIALS = 10
 
@@ -34,10 +33,6 @@ class Cell:
     weight_sharing: bool
     aux_loss: bool
     values: tuple[float, ...]
-
-    @property
-    def label(self) -> str:
-        return f"sharing {'on' if self.weight_sharing else 'off'}, aux loss {'on' if self.aux_loss else 'off'}"
 
     @property
     def mean(self) -> float:
@@ -66,6 +61,18 @@ def ablation_cells(study: optuna.Study) -> list[Cell]:
             key = (bool(params["weight_sharing"]), params["aux_weight"] > 0)
             groups.setdefault(key, []).append(t.values[0])
     return [Cell(ws, aux, tuple(groups[ws, aux])) for ws, aux in sorted(groups, reverse=True)]
+
+
+ABLATION_COLUMNS = ("weight sharing", "aux loss (aux_weight > 0)", "trials", "mean", "std")
+
+
+def ablation_rows(cells: list[Cell]) -> list[tuple[str, str, int, str, str]]:
+    """The cell table as text rows (the HTML report and `hpo report`'s console table)."""
+    return [(_on(c.weight_sharing), _on(c.aux_loss), len(c.values), f"{c.mean:.4f}", f"{c.std:.4f}") for c in cells]
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def top_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -185,17 +192,15 @@ def _ablation_section(study: optuna.Study) -> Section:
         row = [c for c in cells if c.weight_sharing == sharing]
         if row:
             fig.add_bar(
-                name=f"weight sharing {'on' if sharing else 'off'}",
-                x=[f"aux loss {'on' if c.aux_loss else 'off'}" for c in row],
+                name=f"weight sharing {_on(sharing)}",
+                x=[f"aux loss {_on(c.aux_loss)}" for c in row],
                 y=[c.mean for c in row],
                 error_y={"type": "data", "array": [c.std for c in row]},
                 text=[f"{c.mean:.4f} (n={len(c.values)})" for c in row],
             )
     fig.update_layout(barmode="group", yaxis_title=f"mean {name}", title=f"mean {name} per cell (error bars: std)")
-    table = _table(
-        ["weight sharing", "aux loss (aux_weight > 0)", "trials", f"mean {name}", "std"],
-        [("on" if c.weight_sharing else "off", "on" if c.aux_loss else "off", len(c.values), f"{c.mean:.4f}", f"{c.std:.4f}") for c in cells],
-    )
+    columns = [*ABLATION_COLUMNS[:3], f"mean {name}", ABLATION_COLUMNS[4]]
+    table = _table(columns, ablation_rows(cells))
     return title, table + _figure(fig)
 
 
@@ -213,7 +218,7 @@ def _top_trials_section(study: optuna.Study) -> Section:
             (
                 t.number,
                 *(f"{v:.4f}" if isinstance(v, float) else v for v in t.values),
-                *(_fmt(full.get(p, "")) for p in params),
+                *(fmt(full.get(p, "")) for p in params),
                 t.user_attrs.get("n_params", ""),
                 t.user_attrs.get("train_seconds", ""),
             )
@@ -234,10 +239,6 @@ def _evaluation_section(ev: dict[str, Any]) -> Section:
     fig = go.Figure(go.Bar(x=[f"round {i + 1}" for i in range(len(accs))], y=accs, text=[f"{a:.3f}" for a in accs]))
     fig.update_layout(title="test accuracy per round", yaxis_title="test accuracy")
     return "Evaluation on test pairs", _table(["", ""], rows, header=False) + _figure(fig)
-
-
-def _fmt(value: Any) -> Any:
-    return f"{value:.4g}" if isinstance(value, float) else value
 
 
 def _table(columns: list[str], rows: list[tuple[Any, ...]], header: bool = True) -> str:

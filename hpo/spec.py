@@ -23,6 +23,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from hpo.errors import HpoError
+from hpo.params import PARAMS
+from hpo.params import Param as ParamInfo
 
 
 class Suggester(Protocol):
@@ -31,45 +33,6 @@ class Suggester(Protocol):
     def suggest_categorical(self, name: str, choices: Any) -> Any: ...
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> float: ...
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
-
-
-@dataclass(frozen=True)
-class Kind:
-    """What values a named parameter may take."""
-
-    type: type
-    rule: str
-    ok: Callable[[Any], bool] = lambda v: True
-
-
-def _between(lo: float, hi: float, hi_open: bool = False) -> Callable[[Any], bool]:
-    return lambda v: lo <= v < hi if hi_open else lo <= v <= hi
-
-
-PARAMS: dict[str, Kind] = {
-    # the seven the issue names
-    "weight_sharing": Kind(bool, "true or false"),
-    "aux_weight": Kind(float, ">= 0", lambda v: v >= 0),
-    "dropout": Kind(float, "in [0, 1)", _between(0.0, 1.0, hi_open=True)),
-    "batch_norm": Kind(bool, "true or false"),
-    "lr": Kind(float, "in (0, 1]", lambda v: 0 < v <= 1),
-    "beta1": Kind(float, "in [0, 1)", _between(0.0, 1.0, hi_open=True)),
-    "weight_decay": Kind(float, ">= 0", lambda v: v >= 0),
-    # architecture and training choices
-    "conv1_channels": Kind(int, "in [1, 512]", _between(1, 512)),
-    "conv2_channels": Kind(int, "in [1, 512]", _between(1, 512)),
-    "hidden": Kind(int, "in [1, 4096]", _between(1, 4096)),
-    "head_hidden": Kind(int, "in [1, 4096]", _between(1, 4096)),
-    "head": Kind(str, "'mlp' or 'compare'", lambda v: v in ("mlp", "compare")),
-    "head_input": Kind(str, "'logits' or 'softmax'", lambda v: v in ("logits", "softmax")),
-    "shift": Kind(int, "in [0, 4]", _between(0, 4)),
-    "rotate": Kind(float, "in [0, 45]", _between(0.0, 45.0)),
-    "scale": Kind(float, "in [0, 0.5]", _between(0.0, 0.5)),
-    "schedule": Kind(str, "'constant' or 'cosine'", lambda v: v in ("constant", "cosine")),
-    "batch_size": Kind(int, "in [1, 1000]", _between(1, 1000)),
-    # a label only: a grid dimension that repeats each cell (every trial has its own seeds)
-    "repeat": Kind(int, "in [0, 1000]", _between(0, 1000)),
-}
 
 
 @dataclass(frozen=True)
@@ -156,6 +119,10 @@ class StudySpec:
     def suggest(self, trial: Suggester) -> dict[str, Any]:
         """Every parameter's value for one trial: sampled ranges and choices, plus fixed values."""
         return {name: param.suggest(trial, name) for name, param in self.space.items()}
+
+    def fixed_params(self) -> dict[str, Any]:
+        """The fixed parameter values, which Optuna does not record as trial params."""
+        return {name: p.value for name, p in self.space.items() if isinstance(p, Fixed)}
 
     @property
     def is_fixed(self) -> bool:
@@ -280,13 +247,13 @@ def _param(name: str, value: Any) -> Param:
     if kind is None:
         raise HpoError(f"unknown parameter '{name}' in [space]; known: {', '.join(PARAMS)}")
     if not isinstance(value, dict):
-        return Fixed(_value(name, kind, value))
+        return Fixed(_typed(name, kind, value))
     if "choices" in value:
         _only(value, {"choices"}, f"keys of '{name}'")
         choices = value["choices"]
         if not isinstance(choices, list) or not choices:
             raise HpoError(f"'{name}': choices must be a non-empty list")
-        return Choice(tuple(_value(name, kind, c) for c in choices))
+        return Choice(tuple(_typed(name, kind, c) for c in choices))
     _only(value, {"low", "high", "log", "step"}, f"keys of '{name}'")
     if "low" not in value or "high" not in value:
         raise HpoError(f"'{name}' needs low and high, choices, or a plain value")
@@ -295,14 +262,14 @@ def _param(name: str, value: Any) -> Param:
     log = value.get("log", False)
     if not isinstance(log, bool):
         raise HpoError(f"'{name}': log must be true or false")
-    low, high = _value(name, kind, value["low"]), _value(name, kind, value["high"])
+    low, high = _typed(name, kind, value["low"]), _typed(name, kind, value["high"])
     if low >= high:
         raise HpoError(f"'{name}': low ({low}) must be below high ({high})")
     if log and low <= 0:
         raise HpoError(f"'{name}': a log range needs low > 0; got {low}")
     step = value.get("step")
     if step is not None:
-        step = _value(name, Kind(kind.type, "> 0", lambda v: v > 0), step)
+        step = _value(name, kind.type, "> 0", lambda v: v > 0, step)
         if log:
             raise HpoError(f"'{name}': step and log cannot be combined")
     if kind.type is int:
@@ -310,13 +277,17 @@ def _param(name: str, value: Any) -> Param:
     return FloatRange(float(low), float(high), log, None if step is None else float(step))
 
 
-def _value(name: str, kind: Kind, value: Any) -> Any:
-    if kind.type is float and isinstance(value, int) and not isinstance(value, bool):
+def _typed(name: str, kind: ParamInfo, value: Any) -> Any:
+    return _value(name, kind.type, kind.rule, kind.ok, value)
+
+
+def _value(name: str, type_: type, rule: str, ok: Callable[[Any], bool], value: Any) -> Any:
+    if type_ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, kind.type) or (kind.type is int and isinstance(value, bool)):
-        raise HpoError(f"'{name}' takes {kind.type.__name__} values {kind.rule}; got {value!r}")
-    if isinstance(value, float) and not math.isfinite(value) or not kind.ok(value):
-        raise HpoError(f"'{name}' must be {kind.rule}; got {value!r}")
+    if not isinstance(value, type_) or (type_ is int and isinstance(value, bool)):
+        raise HpoError(f"'{name}' takes {type_.__name__} values {rule}; got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value) or not ok(value):
+        raise HpoError(f"'{name}' must be {rule}; got {value!r}")
     return value
 
 

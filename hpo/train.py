@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,32 +20,12 @@ from hpo.augment import random_rotate_scale, random_shift
 from hpo.data import Pairs
 from hpo.errors import HpoError
 from hpo.model import TwinConfig, TwinNet
+from hpo.params import TrainConfig
 from hpo.rng import generator
 
+__all__ = ["Diverged", "TrainConfig", "TrainResult", "evaluate_members", "learning_rate", "resolve_device", "train_members"]
+
 EVAL_CHUNK = 50  # pairs per member per forward pass: small enough to stay in cache
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How members are trained; the optimiser is Adam(lr, betas=(beta1, 0.999), weight_decay)."""
-
-    epochs: int = 25
-    batch_size: int = 25
-    lr: float = 1e-3
-    beta1: float = 0.9
-    weight_decay: float = 0.0
-    aux_weight: float = 1.0
-    shift: int = 0  # random translation of training images, in pixels (0: none)
-    rotate: float = 0.0  # random rotation of training images, up to this many degrees
-    scale: float = 0.0  # random rescaling of training images, up to this fraction
-    schedule: str = "constant"  # learning rate over the run: "constant" or "cosine" (decays to 0)
-
-    @classmethod
-    def from_params(cls, params: dict[str, object], epochs: int, batch_size: int) -> TrainConfig:
-        """Training choices named in a flat parameter dict, over the given settings."""
-        names = {f.name for f in fields(cls)} - {"epochs"}
-        chosen = {k: v for k, v in params.items() if k in names}
-        return cls(**{"epochs": epochs, "batch_size": batch_size, **chosen})  # type: ignore[arg-type]
 
 
 def learning_rate(cfg: TrainConfig, step: int, steps: int) -> float:

@@ -8,7 +8,7 @@ import optuna
 import pytest
 import torch
 
-from hpo.train import TrainConfig
+from hpo.params import configs
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -48,7 +48,7 @@ def test_benchmark_trial_trains_exactly_the_reference_configuration() -> None:
     spec = bench.reference_spec(bench.QUICK)
     params = spec.suggest(optuna.trial.FixedTrial({}))
     assert params == bench.REFERENCE
-    assert TrainConfig.from_params(params, 1, 25).shift == 0 and TrainConfig.from_params(params, 1, 25).schedule == "constant"
+    assert configs(params, 1, 25)[1].shift == 0 and configs(params, 1, 25)[1].schedule == "constant"
 
 
 @pytest.mark.parametrize("threads", ["0", "one", "1,,2"])

@@ -10,9 +10,10 @@ import torch
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from hpo.confirm import LEGACY, claim, confirm_leaders, confirm_seed, confirmed_best, record, scores
+from hpo.confirm import claim, confirm_leaders, confirm_seed, record
 from hpo.data import cv_pairs
-from hpo.results import pick_trial
+from hpo.results import LEGACY_CONFIRMED as LEGACY
+from hpo.results import confirmed_best, pick_trial, scores
 from hpo.spec import load_spec, parse_spec
 
 

@@ -7,7 +7,8 @@ import optuna
 import pytest
 import torch
 
-from hpo.evaluate import configs, round_pairs
+from hpo.evaluate import round_pairs
+from hpo.params import configs
 from hpo.results import full_params
 
 FAST = ["--rounds", "3", "--pairs", "100", "--epochs", "1", "--threads", "1"]

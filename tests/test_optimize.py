@@ -14,7 +14,9 @@ from optuna.trial import TrialState
 from hpo.data import cv_pairs
 from hpo.objective import Objective
 from hpo.spec import load_spec
-from hpo.study import load_or_create, open_storage, run_until
+from hpo.storage import open_storage
+from hpo.study import load_or_create
+from hpo.worker import run_until
 
 SEVEN = {"weight_sharing", "aux_weight", "dropout", "batch_norm", "lr", "beta1", "weight_decay"}
 

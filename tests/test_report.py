@@ -11,10 +11,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.confirm import confirmed_best
 from hpo.data import cv_pairs, stratified_folds
-from hpo.evaluate import configs
+from hpo.params import configs
 from hpo.report import ablation_cells, build_report
+from hpo.results import confirmed_best
 from hpo.rng import generator
 from hpo.spec import Choice, Fixed, load_spec, parse_spec
 from hpo.train import train_members

@@ -21,7 +21,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.published import PUBLISHED
-from hpo.study import open_storage, run_until
+from hpo.storage import open_storage
+from hpo.worker import run_until
 from test_bad_input import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +154,8 @@ def test_sigterm_fails_the_trial_in_hand_queues_its_retry_and_exits_with_one_lin
 CREATE_AT = """
 import sys, time
 from hpo.spec import load_spec
-from hpo.study import load_or_create, open_storage
+from hpo.storage import open_storage
+from hpo.study import load_or_create
 spec, url, start = load_spec(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 while time.time() < start:
     pass
