@@ -27,6 +27,11 @@ DEFAULT_STORAGE = "sqlite:///storage/hpo.db"
 DEFAULT_RETRIES = 2
 SQLITE_BUSY_TIMEOUT = 60.0
 T = TypeVar("T")
+# One connection kept per worker; a second (the heartbeat thread's, when it overlaps the main
+# thread's) is opened as overflow and closed when returned, so a worker holds 1 to 2
+# connections: 64 workers fit PostgreSQL's default max_connections of 100. pre_ping replaces
+# a connection a database restart broke while it sat in the pool.
+SERVER_POOL = {"pool_size": 1, "max_overflow": 1, "pool_pre_ping": True}
 # Refusals that waiting will not mend. libpq reports connection-time errors as text only
 # (psycopg gives no SQLSTATE for them), so they are recognised by the server's message.
 _AUTH_FAILED = re.compile(r"authentication failed|role \".*\" does not exist|no password supplied|no pg_hba\.conf entry")
@@ -72,7 +77,7 @@ def open_storage(
             engine_kwargs = _prepare_sqlite(parsed)
         else:
             _wait_for_server(parsed, connect_timeout)
-            engine_kwargs = {"pool_pre_ping": True}  # survive a database restart between trials
+            engine_kwargs = SERVER_POOL
         with experimental():
             heartbeat: dict = {}
             if heartbeat_interval is not None:
