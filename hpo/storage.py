@@ -22,6 +22,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from hpo.errors import HpoError, first_line
 from hpo.experimental import experimental
+from hpo.resilient import Notify, ResilientRDBStorage
 
 DEFAULT_STORAGE = "sqlite:///storage/hpo.db"
 DEFAULT_RETRIES = 2
@@ -60,14 +61,16 @@ def open_storage(
     heartbeat_interval: int | None = None,
     retries: int = DEFAULT_RETRIES,
     connect_timeout: float = 0.0,
-) -> optuna.storages.RDBStorage:
+    notify: Notify | None = None,
+) -> ResilientRDBStorage:
     """An RDB storage for `url`; a SQLite file's folder is created when missing.
 
     With `heartbeat_interval`, running trials send heartbeats; a trial silent for three
     intervals (its worker died) is failed by the next worker that starts a trial, and re-queued
     with the same parameters up to `retries` times. A server that is not up yet is retried for
     `connect_timeout` seconds (containers start in any order); refused credentials and unknown
-    databases fail at once.
+    databases fail at once. Once open, a lost connection is waited for just as long, with a
+    line to `notify` (default: stderr) when it goes and when it comes back (hpo.resilient).
     """
     parsed = check_storage_url(url)
     shown = parsed.render_as_string(hide_password=True)
@@ -86,7 +89,8 @@ def open_storage(
                     "grace_period": 3 * heartbeat_interval,
                     "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=retries),
                 }
-            return retry_init_race(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat))
+            storage = retry_init_race(lambda: ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat))
+        return storage.watch(shown, connect_timeout, parsed.get_backend_name() == "sqlite", notify)
     except OSError as exc:
         raise HpoError(f"cannot open storage '{shown}': {exc.strerror or exc}") from None
     except sqlalchemy.exc.OperationalError as exc:
@@ -160,7 +164,7 @@ def retry_init_race(create: Callable[[], T], attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
-def open_existing_storage(url: str) -> optuna.storages.RDBStorage:
+def open_existing_storage(url: str) -> ResilientRDBStorage:
     """The store at `url`; a SQLite file that does not exist is an error, not a new database."""
     parsed = check_storage_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):

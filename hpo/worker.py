@@ -12,10 +12,13 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
+from typing import Any
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -28,6 +31,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
 _log = logging.getLogger(__name__)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # stored with each trial: which worker ran it
+PAUSE_ENV = "HPO_PAUSE_BEFORE_TELL"
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -36,7 +40,7 @@ def finished_trials(study: optuna.Study) -> int:
 
 def run_until(
     study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
+    objective: Callable[[optuna.Trial], float | Sequence[float]],
     target: int,
     callbacks: list[TrialCallback] | None = None,
     retries: int = DEFAULT_RETRIES,
@@ -46,33 +50,115 @@ def run_until(
     The count is the study's, not this process's: re-running continues a study, and
     workers sharing it stop together (each may finish the one trial it has in hand).
     SIGTERM or SIGINT fails the trial in hand, queues its retry and raises Interrupted.
+    Ask and tell rather than study.optimize: each trial's result is told exactly once, also
+    when the store went away meanwhile (hpo.resilient waits for it), and a loop of our own
+    knows which trial is in hand at every step.
     """
-    with experimental():
-        optuna.storages.fail_stale_trials(study)  # a later worker cleans up after a dead one
-    if finished_trials(study) >= target:
-        return
-    stop = optuna.study.MaxTrialsCallback(target, states=FINISHED)
-    guard = _SignalGuard(study)
-    with guard.installed():
-        while finished_trials(study) < target:
-            try:
-                study.optimize(guard.wrap(objective), callbacks=[*(callbacks or []), stop], gc_after_trial=False)
-                break
-            except Interrupted as exc:
-                if guard.trial_number is not None:
-                    exc.retry = queue_retry(study, guard.trial_number, retries)
-                    exc.trial_number = guard.trial_number
-                raise
-            except (AssertionError, ValueError, optuna.exceptions.UpdateFinishedTrialError):
-                if not guard.lost_trial():
-                    raise
-                _log.warning(
-                    "trial %d was failed by another worker that found its heartbeat late; "
-                    "its result is dropped and its queued retry runs instead",
-                    guard.trial_number,
-                )
+    guard = _SignalGuard()
+    with guard.installed(), _optimize_loop(study):
+        while not guard.stopping and not study._stop_flag and finished_trials(study) < target:
+            with experimental():
+                optuna.storages.fail_stale_trials(study)  # a later worker cleans up after a dead one
+            trial = study.ask()
+            frozen = _run_trial(study, trial, objective, guard, retries)
+            for callback in callbacks or []:
+                callback(study, frozen)
     if guard.signum is not None:
         raise Interrupted(guard.signum)
+
+
+@contextmanager
+def _optimize_loop(study: optuna.Study) -> Iterator[None]:
+    """Tell Optuna that this is an optimisation loop, as study.optimize does.
+
+    Samplers that run out (the grid sampler) call study.stop(), which sets the stop flag only
+    inside a loop, and asking with heartbeats outside one warns. Optuna offers no public way.
+    """
+    study._stop_flag = False
+    study._thread_local.in_optimize_loop = True
+    try:
+        yield
+    finally:
+        study._thread_local.in_optimize_loop = False
+
+
+def _run_trial(
+    study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], Any], guard: _SignalGuard, retries: int
+) -> FrozenTrial:
+    """Train one trial and tell its result once; a signal fails it and queues its retry."""
+    values: Any = None
+    try:
+        with _heartbeat(study, trial):
+            if guard.signum is not None:
+                raise Interrupted(guard.signum)  # stopped between asking and training
+            trial.set_user_attr("worker", WORKER)
+            with guard.objective_running():
+                try:
+                    values, state = objective(trial), TrialState.COMPLETE
+                except optuna.TrialPruned:
+                    state = TrialState.PRUNED
+    except Interrupted as exc:
+        _tell(study, trial, None, TrialState.FAIL)
+        exc.trial_number, exc.retry = trial.number, queue_retry(study, trial.number, retries)
+        raise
+    except optuna.exceptions.UpdateFinishedTrialError:
+        state = TrialState.FAIL  # it reported after another worker had failed it: lost, see _tell
+    except Exception:
+        _tell(study, trial, None, TrialState.FAIL)
+        raise
+    _pause_before_tell(trial)
+    return _tell(study, trial, values, state)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, values: Any, state: TrialState) -> FrozenTrial:
+    """Tell `trial`'s result; a trial another worker already failed as stale is left as it is.
+
+    A heartbeat can arrive late (a reader held the SQLite lock, the machine stalled) and a
+    second worker then fails the trial as stale and queues its retry: this worker drops its
+    result and goes on, and the retry runs instead.
+    """
+    frozen = study.tell(trial, None if state != TrialState.COMPLETE else values, state=state, skip_if_finished=True)
+    if frozen.state != state and frozen.state == TrialState.FAIL:
+        _log.warning(
+            "trial %d was failed by another worker that found its heartbeat late; "
+            "its result is dropped and its queued retry runs instead", trial.number,
+        )
+    return frozen
+
+
+@contextmanager
+def _heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Record the trial's heartbeat now and every interval until it is told."""
+    storage = study._storage  # Optuna offers no public handle on a study's storage
+    interval = storage.get_heartbeat_interval() if hasattr(storage, "get_heartbeat_interval") else None
+    if interval is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception:  # noqa: BLE001 - the main thread meets the same store and reports it
+                return
+
+    storage.record_heartbeat(trial._trial_id)
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _pause_before_tell(trial: optuna.Trial) -> None:
+    """Fault injection for the outage tests: HPO_PAUSE_BEFORE_TELL=S waits S seconds before telling."""
+    seconds = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    if seconds > 0:
+        print(f"pausing {seconds:g} s before telling trial #{trial.number}", file=sys.stderr, flush=True)
+        time.sleep(seconds)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -115,59 +201,32 @@ def _handling_stop_signals(handler: Callable[[int, FrameType | None], None]) -> 
 class _SignalGuard:
     """Stop promptly without corrupting the study.
 
-    Inside the objective a signal raises at once (Optuna then marks the trial FAIL). Elsewhere
-    (Optuna asking for or telling a trial, or running callbacks) raising could leave a trial
-    RUNNING with no heartbeat, so the stop waits: the loop ends after the current step, and a
-    trial that was just asked for fails before it trains.
+    Inside the objective a signal raises at once (the loop then fails the trial and queues its
+    retry). Elsewhere (asking for or telling a trial, running callbacks) raising could leave a
+    trial RUNNING with no heartbeat, so the stop waits: the loop ends after the current step,
+    and a trial that was just asked for fails before it trains.
     """
 
-    def __init__(self, study: optuna.Study) -> None:
-        self.study = study
+    def __init__(self) -> None:
         self.signum: int | None = None
-        self.trial_number: int | None = None
         self.in_objective = False
-        self.objective_ended_normally = False
 
-    def wrap(self, objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
-        def guarded(trial: optuna.Trial) -> float:
-            self.trial_number = trial.number
-            if self.signum is not None:
-                raise Interrupted(self.signum)
-            self.objective_ended_normally = False
-            trial.set_user_attr("worker", WORKER)
-            self.in_objective = True
-            try:
-                value = objective(trial)
-            except (optuna.TrialPruned, optuna.exceptions.UpdateFinishedTrialError):
-                self.objective_ended_normally = True
-                raise
-            finally:
-                self.in_objective = False
-            self.objective_ended_normally = True
-            return value
+    @property
+    def stopping(self) -> bool:
+        return self.signum is not None
 
-        return guarded
-
-    def lost_trial(self) -> bool:
-        """Whether the trial in hand ended normally here but another worker had already failed it.
-
-        A heartbeat can arrive late (a reader held the SQLite lock, the machine stalled) and a
-        second worker then fails the trial as stale and queues its retry. Optuna cannot tell a
-        FAIL trial and raises; this worker should drop its result and go on, not crash.
-        """
-        if self.trial_number is None or not self.objective_ended_normally or self.signum is not None:
-            return False
-        trials = self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        return any(t.number == self.trial_number for t in trials)
+    @contextmanager
+    def objective_running(self) -> Iterator[None]:
+        self.in_objective = True
+        try:
+            yield
+        finally:
+            self.in_objective = False
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
         if self.in_objective:
             raise Interrupted(signum)
-        self.signum = signum
-        try:
-            self.study.stop()
-        except RuntimeError:  # not inside study.optimize: nothing is in flight
-            raise Interrupted(signum) from None
 
     def installed(self) -> AbstractContextManager[None]:
         return _handling_stop_signals(self._handle)
