@@ -29,15 +29,30 @@ T = TypeVar("T")
 Notify = Callable[[str], None]
 # Failures that waiting cannot mend, even on a server that comes back.
 _FATAL = re.compile(r"authentication failed|role \".*\" does not exist|database \".*\" does not exist|no pg_hba\.conf entry")
-# Every public storage call a worker makes, plus the stale-trial query Optuna calls directly.
+# Every storage call a worker makes.
 WRAPPED = (
     "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
     "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
     "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
     "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
     "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials",
-    "get_best_trial", "record_heartbeat", "_get_stale_trial_ids",
+    "get_best_trial", "record_heartbeat",
+    # the private ones Optuna's _CachedStorage calls on its backend directly
+    "_get_stale_trial_ids", "_create_new_trial", "_get_best_trial_id", "_get_trials", "_set_trial_param",
 )
+
+
+_recovered_at: float | None = None  # when this process last saw a store come back (monotonic)
+MAX_BACKOFF = 5.0
+
+
+def recovered_within(seconds: float) -> bool:
+    """Whether a store came back less than `seconds` ago in this process.
+
+    Every heartbeat is late after an outage, through no fault of its worker: until the other
+    workers' heartbeat threads have caught up, their trials must not be failed as stale.
+    """
+    return _recovered_at is not None and time.monotonic() - _recovered_at < seconds
 
 
 class StoreUnavailable(HpoError):
@@ -84,7 +99,7 @@ class Outage:
                     raise
                 self._lost(cause)
                 time.sleep(delay)
-                delay, retried = min(delay * 2, 5.0), True
+                delay, retried = min(delay * 2, MAX_BACKOFF), True
                 continue
             if retried:
                 self._back()
@@ -110,8 +125,10 @@ class Outage:
                 raise self.gone
 
     def _back(self) -> None:
+        global _recovered_at
         with self.lock:
             if self.since is not None:
+                _recovered_at = time.monotonic()
                 self.notify(f"the study store {self.where} is back after {time.monotonic() - self.since:.1f} s; carrying on")
                 self.since = None
 

@@ -25,6 +25,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.experimental import experimental
+from hpo.resilient import MAX_BACKOFF, recovered_within
 from hpo.storage import DEFAULT_RETRIES
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -57,14 +58,26 @@ def run_until(
     guard = _SignalGuard()
     with guard.installed(), _optimize_loop(study):
         while not guard.stopping and not study._stop_flag and finished_trials(study) < target:
-            with experimental():
-                optuna.storages.fail_stale_trials(study)  # a later worker cleans up after a dead one
+            _fail_stale_trials(study)
             trial = study.ask()
             frozen = _run_trial(study, trial, objective, guard, retries)
             for callback in callbacks or []:
                 callback(study, frozen)
     if guard.signum is not None:
         raise Interrupted(guard.signum)
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and queue the retries of) trials whose worker died, as study.optimize does.
+
+    Not right after this worker saw the store come back: every heartbeat is late then, and
+    the other workers' heartbeat threads need up to one interval plus a back-off to catch up.
+    """
+    interval = getattr(study._storage, "get_heartbeat_interval", lambda: None)()
+    if interval is None or recovered_within(3 * interval + MAX_BACKOFF):
+        return
+    with experimental():
+        optuna.storages.fail_stale_trials(study)  # a later worker cleans up after a dead one
 
 
 @contextmanager

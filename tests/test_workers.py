@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -29,12 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def start_worker(spec: Path, storage: str, trials: int, data_dir: Path, *extra: object) -> subprocess.Popen:
+def start_worker(spec: Path, storage: str, trials: int, data_dir: Path, *extra: object, **popen: Any) -> subprocess.Popen:
     """`hpo optimize` as its own process, one torch thread, as a worker machine would run it."""
     argv = [sys.executable, "-m", "hpo", "optimize", "--trials", str(trials), "--spec", str(spec),
             "--storage", storage, "--data-dir", str(data_dir), "--threads", "1", *map(str, extra)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
@@ -101,12 +102,20 @@ def test_sigkilled_worker_trial_is_failed_retried_and_target_reached(write_spec,
     # A target the survivor cannot reach within the 3 s grace period after the kill, even on
     # idle cores: the stale trial is failed when the survivor starts its next trial.
     victim, survivor = (start_worker(spec, postgres_url, 16, mnist_dir, "--heartbeat-interval", 1) for _ in range(2))
-    before = wait_for(postgres_url, "small",
-                      lambda ts: any(t.state == TrialState.COMPLETE for t in ts) and running_with_progress(ts, str(victim.pid)),
-                      [victim, survivor])
+    while True:
+        before = wait_for(postgres_url, "small",
+                          lambda ts: any(t.state == TrialState.COMPLETE for t in ts) and running_with_progress(ts, str(victim.pid)),
+                          [victim, survivor])
+        # Frozen first, so that the trial read next is the one it holds when killed (it could
+        # otherwise finish between the read and the kill).
+        victim.send_signal(signal.SIGSTOP)
+        running = running_with_progress(trials_of(postgres_url, "small"), str(victim.pid))
+        if running:
+            break
+        victim.send_signal(signal.SIGCONT)
     victim.kill()
     victim.wait()
-    killed = running_with_progress(trials_of(postgres_url, "small"), str(victim.pid))[0]
+    (killed,) = running
     code, _, err = finish(survivor)
     assert code == 0, err
 
