@@ -12,7 +12,6 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch>=2.4" "t
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY hpo ./hpo
-COPY studies ./studies
 RUN pip install . \
     && useradd --create-home --uid 1000 hpo \
     && mkdir /data \

@@ -15,12 +15,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HpoError
+from hpo.pin import PIN_KEY
 from hpo.results import is_multi_objective, load_existing_study, pick_trial, scores
 from hpo.spec import StudySpec, load_spec
 from hpo.storage import DEFAULT_RETRIES, DEFAULT_STORAGE, check_storage_url, open_existing_storage, open_storage
 from hpo.worker import finished_trials
 
-DEFAULT_SPEC = Path("studies/twin.toml")
+DEFAULT_SPEC = "twin"  # built-in (hpo/specs/twin.toml)
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class OptimizeOptions:
     """`hpo optimize`: None means "the spec's value" for the study settings."""
 
     trials: int = 200
-    spec: Path = DEFAULT_SPEC
+    spec: str | Path = DEFAULT_SPEC
     study: str | None = None
     storage: str = DEFAULT_STORAGE
     data_dir: Path | None = None
@@ -46,6 +47,7 @@ class OptimizeOptions:
     connect_timeout: float = 120.0
     confirm: int = 5
     verbose: bool = False
+    allow_space_change: bool = False
 
 
 class OptimizeEvents(Protocol):
@@ -132,7 +134,7 @@ def optimize(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
         options.storage, heartbeat_interval=options.heartbeat_interval, retries=options.retries,
         connect_timeout=options.connect_timeout,
     )
-    study = load_or_create(spec, storage)
+    study = load_or_create(spec, storage, options.allow_space_change)
     events.started(study, options.trials)
     try:
         run_until(study, Objective(spec, pairs, device), options.trials, callbacks=[events.trial_finished], retries=options.retries)
@@ -160,7 +162,7 @@ class EvaluateOptions:
 
     study: str | None = None
     trial: int | None = None
-    spec: Path | None = None
+    spec: str | Path | None = None
     storage: str = DEFAULT_STORAGE
     data_dir: Path | None = None
     rounds: int = 10
@@ -249,6 +251,7 @@ class StudyRow:
     name: str
     counts: dict[str, int]  # trials by state name, plus "trials"
     best: float | None
+    spec: str  # the spec it is pinned to: where it came from and its hash
 
 
 def list_studies(url: str) -> list[StudyRow]:
@@ -259,7 +262,9 @@ def list_studies(url: str) -> list[StudyRow]:
         trials = optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False)
         counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
         best = s.best_trial.value if s.best_trial is not None else None
-        rows.append(StudyRow(s.study_name, {"trials": len(trials), **counts}, best))
+        pin = s.user_attrs.get(PIN_KEY) or {}
+        spec = f"{Path(pin.get('source') or '?').name} {pin['hash'][:8]}" if "hash" in pin else "-"
+        rows.append(StudyRow(s.study_name, {"trials": len(trials), **counts}, best, spec))
     return rows
 
 

@@ -57,7 +57,7 @@ def checked(call: Callable[[], T]) -> T:
 @app.command()
 def optimize(
     trials: Annotated[int, typer.Option("--trials", "-n", help="Target number of finished (complete + pruned) trials in the study.")] = 200,
-    spec: Annotated[Path, typer.Option("--spec", help="Study spec (TOML): search space and training settings.")] = application.DEFAULT_SPEC,
+    spec: Annotated[str, typer.Option("--spec", envvar="HPO_SPEC", help="Study spec: a built-in name (see hpo specs) or a TOML file's path.")] = application.DEFAULT_SPEC,
     study: Annotated[Optional[str], typer.Option("--study", help="Study name (default: the spec's).")] = None,
     storage: StorageOpt = DEFAULT_STORAGE,
     data_dir: DataDirOpt = None,
@@ -77,6 +77,7 @@ def optimize(
     retries: Annotated[int, typer.Option(envvar="HPO_RETRIES", help="How many times a failed (dead or stopped worker's) trial is re-run with the same parameters.")] = 2,
     connect_timeout: Annotated[float, typer.Option(envvar="HPO_CONNECT_TIMEOUT", help="Seconds to keep retrying a database server that is not reachable yet.")] = 120.0,
     confirm: Annotated[int, typer.Option(help="Re-score this many leading trials on a second draw of training pairs before recommending one (0: off).")] = 5,
+    allow_space_change: Annotated[bool, typer.Option("--allow-space-change", help="Continue a study whose spec searches other ranges or choices (everything else must match).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Optuna's log lines.")] = False,
 ) -> None:
     """Search hyperparameters until the study holds --trials finished trials (re-running continues it).
@@ -89,7 +90,7 @@ def optimize(
         trials=trials, spec=spec, study=study, storage=storage, data_dir=data_dir, seed=seed, folds=folds,
         epochs=epochs, sampler=sampler, pruner=pruner, enqueue_published=enqueue, max_params=max_params,
         device=device, threads=threads, heartbeat_interval=heartbeat_interval, retries=retries,
-        connect_timeout=connect_timeout, confirm=confirm, verbose=verbose,
+        connect_timeout=connect_timeout, confirm=confirm, verbose=verbose, allow_space_change=allow_space_change,
     )
     progress = views.StudyProgress()
     try:
@@ -114,7 +115,7 @@ def studies(storage: StorageOpt = DEFAULT_STORAGE) -> None:
 def evaluate(
     study: Annotated[Optional[str], typer.Option("--study", help="Evaluate this study's recommended trial (or --trial N).")] = None,
     trial: Annotated[Optional[int], typer.Option("--trial", help="Trial number to evaluate (default: the recommended one).")] = None,
-    spec: Annotated[Optional[Path], typer.Option("--spec", help="Evaluate a spec whose parameters are all fixed values.")] = None,
+    spec: Annotated[Optional[str], typer.Option("--spec", help="Evaluate a spec whose parameters are all fixed values (a built-in name or a path).")] = None,
     storage: StorageOpt = DEFAULT_STORAGE,
     data_dir: DataDirOpt = None,
     rounds: Annotated[int, typer.Option("--rounds", "-r", help="Rounds: fresh train/test pairs and initialisation each.")] = 10,

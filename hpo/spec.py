@@ -24,6 +24,7 @@ else:  # pragma: no cover
 
 from hpo.errors import HpoError
 from hpo.params import PARAMS
+from hpo.specs import builtin_path, builtin_specs
 from hpo.params import Param as ParamInfo
 
 
@@ -104,6 +105,8 @@ class StudySpec:
     max_params: int | None = None
     train: TrainSettings = TrainSettings()
     space: Mapping[str, Param] = field(default_factory=dict)
+    source: str = field(default="", compare=False)  # the name or path it was loaded from
+    text: str = field(default="", compare=False, repr=False)  # the TOML as written
 
     @property
     def multi_objective(self) -> bool:
@@ -148,16 +151,23 @@ class StudySpec:
         return spec
 
 
-def load_spec(path: str | Path) -> StudySpec:
-    """Read and validate a spec file."""
-    path = Path(path)
+def load_spec(name_or_path: str | Path) -> StudySpec:
+    """Read and validate a spec: a file, or a built-in spec by name (`hpo specs` lists them)."""
+    path = Path(name_or_path)
     if not path.is_file():
-        raise HpoError(f"spec file '{path}' not found; pass --spec with the path of a study TOML file")
+        builtin = builtin_path(str(name_or_path)) if len(path.parts) == 1 else None
+        if builtin is None:
+            raise HpoError(
+                f"spec '{name_or_path}' not found: neither a file nor a built-in spec ({', '.join(builtin_specs())}); "
+                "pass --spec with a built-in name or the path of a study TOML file"
+            )
+        path = builtin
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise HpoError(f"spec file '{path}' is not valid TOML: {exc}") from None
-    return parse_spec(raw, source=str(path))
+    return replace(parse_spec(raw, source=str(name_or_path)), source=str(name_or_path), text=text)
 
 
 def parse_spec(raw: Mapping[str, Any], source: str = "<spec>") -> StudySpec:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 
 from hpo.experimental import experimental
+from hpo.pin import PIN_KEY, check_pin, pin_of
 from hpo.spec import StudySpec
 from hpo.storage import retry_init_race
 
@@ -34,11 +35,13 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def load_or_create(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study:
+def load_or_create(spec: StudySpec, storage: optuna.storages.BaseStorage, allow_space_change: bool = False) -> optuna.Study:
     """The named study, created on first use; later workers load the same one.
 
     Study names are unique in the store, so of several workers starting at the same instant
     exactly one creates the study, and only that one queues the published configurations.
+    A study is pinned to the spec it was created with (hpo.pin): another spec fails here,
+    before anything is written.
     """
 
     def create() -> tuple[optuna.Study, bool]:
@@ -52,6 +55,10 @@ def load_or_create(spec: StudySpec, storage: optuna.storages.BaseStorage) -> opt
             return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner), False
 
     study, created = retry_init_race(create)
+    stored = study.user_attrs.get(PIN_KEY)
+    # A study of an older release, or one whose creator has not written its pin yet, takes ours.
+    if stored is None or check_pin(spec.name, stored, spec, allow_space_change):
+        study.set_user_attr(PIN_KEY, pin_of(spec))
     if study.metric_names != list(spec.objectives):
         with experimental():
             retry_init_race(lambda: study.set_metric_names(list(spec.objectives)))

@@ -133,11 +133,11 @@ def print_studies(url: str, rows: list[StudyRow]) -> None:
         return
     table = Table(title=f"studies in {url}")
     columns = {"study": None, "trials": "trials", "complete": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL", "running": "RUNNING"}
-    for col in (*columns, "best value"):
-        table.add_column(col, justify="left" if col == "study" else "right")
+    for col in (*columns, "best value", "spec"):
+        table.add_column(col, justify="left" if col in ("study", "spec") else "right")
     for row in rows:
         best = "-" if row.best is None else f"{row.best:.4f}"
-        table.add_row(row.name, *(str(row.counts[key]) for key in list(columns.values())[1:]), best)
+        table.add_row(row.name, *(str(row.counts[key]) for key in list(columns.values())[1:]), best, row.spec)
     out.print(table)
 
 

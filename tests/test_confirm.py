@@ -35,7 +35,7 @@ def test_recommended_trial_is_the_best_mean_of_both_draws() -> None:
 
 
 def test_second_draw_uses_other_training_pairs(mnist_dir) -> None:
-    spec = load_spec("studies/twin.toml")
+    spec = load_spec("twin")
     first = cv_pairs(mnist_dir, 200, spec.seed, download=False)
     second = cv_pairs(mnist_dir, 200, confirm_seed(spec), download=False)
     assert confirm_seed(spec) != spec.seed

@@ -78,7 +78,7 @@ def test_parameter_budget_is_an_optuna_constraint_and_prunes_over_budget_trials(
 
 
 def test_pareto_spec_runs_a_two_objective_study(cli, sqlite_url, mnist_dir) -> None:
-    result = cli("optimize", "--spec", "studies/pareto.toml", "--trials", 3, "--epochs", 1, "--folds", 2,
+    result = cli("optimize", "--spec", "pareto", "--trials", 3, "--epochs", 1, "--folds", 2,
                  "--storage", sqlite_url, "--data-dir", mnist_dir)
     assert result.exit_code == 0, result.stderr
     assert "Pareto front" in result.stdout
@@ -109,7 +109,7 @@ def test_bad_objective_settings_are_rejected(study, message) -> None:
 
 
 def test_default_spec_enqueues_searches_the_new_choices_and_fixes_what_cv_cannot_judge() -> None:
-    spec = load_spec("studies/twin.toml")
+    spec = load_spec("twin")
     assert spec.enqueue_published
     assert spec.space["head"] == Choice(("compare", "mlp"))
     assert isinstance(spec.space["conv2_channels"], IntRange)
@@ -119,7 +119,7 @@ def test_default_spec_enqueues_searches_the_new_choices_and_fixes_what_cv_cannot
 def test_report_a_spec_is_the_published_report_a_configuration() -> None:
     from hpo.published import REPORT_A
 
-    spec = load_spec("studies/report-a.toml")
+    spec = load_spec("report-a")
     assert spec.is_fixed
     assert {name: p.value for name, p in spec.space.items()} == REPORT_A
     assert (spec.train.epochs, spec.train.batch_size) == (50, 5)

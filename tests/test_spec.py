@@ -10,7 +10,7 @@ SEVEN = {"weight_sharing", "aux_weight", "dropout", "batch_norm", "lr", "beta1",
 
 
 def test_default_spec_declares_the_seven_parameters() -> None:
-    spec = load_spec(ROOT / "studies" / "twin.toml")
+    spec = load_spec("twin")
     assert spec.name == "twin" and spec.direction == "maximize"
     assert SEVEN <= set(spec.space)
     assert spec.space["weight_sharing"] == Choice((True, False))
@@ -19,7 +19,7 @@ def test_default_spec_declares_the_seven_parameters() -> None:
 
 
 def test_every_shipped_spec_loads() -> None:
-    for path in (ROOT / "studies").glob("*.toml"):
+    for path in (ROOT / "hpo" / "specs").glob("*.toml"):
         load_spec(path)
 
 
