@@ -57,6 +57,7 @@ class OptimizeEvents(Protocol):
     def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None: ...
     def stopped(self) -> None: ...
     def confirmed(self, trial: FrozenTrial, value: float) -> None: ...
+    def confirm_failed(self, trial: FrozenTrial, reason: str) -> None: ...
 
 
 class Silent:
@@ -72,6 +73,9 @@ class Silent:
         pass
 
     def confirmed(self, trial: FrozenTrial, value: float) -> None:
+        pass
+
+    def confirm_failed(self, trial: FrozenTrial, reason: str) -> None:
         pass
 
 
@@ -143,7 +147,7 @@ def optimize(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
     if options.confirm and not spec.multi_objective:
         from hpo.confirm import confirm_leaders
 
-        confirm_leaders(study, spec, data_dir, options.confirm, device, on_confirmed=events.confirmed)
+        confirm_leaders(study, spec, data_dir, options.confirm, device, events, storage=storage)
     return result_of(study)
 
 

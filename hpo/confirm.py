@@ -10,19 +10,24 @@ best mean of the two. The second draw comes from MNIST's training split, never t
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.claims import Claims, claims_for
 from hpo.data import Pairs, cv_pairs
+from hpo.errors import HpoError, first_line
 from hpo.objective import cross_validate, study_folds, trial_seeds
-from hpo.results import CONFIRMED_KEY, Recipe, recipe, scores
+from hpo.results import CONFIRMED_KEY, Recipe, confirmation_entries, recipe, scores
 from hpo.rng import derive_seed
 from hpo.spec import StudySpec
+from hpo.worker import WORKER
 
 POLL_SECONDS = 1.0
 
@@ -31,31 +36,20 @@ def confirm_seed(spec: StudySpec | Recipe) -> int:
     return derive_seed(spec.seed, "confirm")
 
 
-def claim(study: optuna.Study, number: int, at: float) -> None:
-    study.set_user_attr(f"{CONFIRMED_KEY}{number}", {"claimed_at": at})
-
-
-def record(study: optuna.Study, number: int, value: float) -> None:
-    study.set_user_attr(f"{CONFIRMED_KEY}{number}", {"accuracy": value})
-
-
-def _claimed_elsewhere(entry: dict[str, float], trial: FrozenTrial) -> bool:
-    """`trial`'s entry says another worker began scoring it and may still be at it.
-
-    A claim lapses after three times the trial's own training time plus a minute (the second
-    score trains the same network again), so a worker that died does not block it for good.
-    """
-    since = entry.get("claimed_at")
-    if since is None:
-        return False
-    took = trial.duration.total_seconds() if trial.duration is not None else 0.0
-    return time.time() - since < 3 * took + 60
-
-
 def leaders(study: optuna.Study, top: int) -> list[FrozenTrial]:
     """The `top` complete trials with the highest CV accuracy, best first."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return sorted(complete, key=lambda t: t.value, reverse=True)[:top]
+
+
+def lapse_seconds(trial: FrozenTrial) -> float:
+    """How long a claim holds: three times the trial's own training time plus a minute.
+
+    The second score trains the same network again, so a worker that died does not block it
+    for good and a slow one is not overtaken.
+    """
+    took = trial.duration.total_seconds() if trial.duration is not None else 0.0
+    return 3 * took + 60
 
 
 class SecondDraw:
@@ -75,7 +69,12 @@ class SecondDraw:
         folds = study_folds(pairs, how.settings.folds, seed)
         seeds = trial_seeds(seed, trial.number, folds.k)
         result = cross_validate(how.params, how.settings, pairs, folds, seeds, self.device)
-        return sum(result.accuracies) / len(result.accuracies)
+        return statistics.fmean(result.accuracies)
+
+
+class ConfirmEvents(Protocol):
+    def confirmed(self, trial: FrozenTrial, value: float) -> None: ...
+    def confirm_failed(self, trial: FrozenTrial, reason: str) -> None: ...
 
 
 def confirm_leaders(
@@ -84,40 +83,55 @@ def confirm_leaders(
     data_dir: str | Path,
     top: int,
     device: torch.device,
-    on_confirmed: Callable[[FrozenTrial, float], None] | None = None,
+    events: ConfirmEvents | None = None,
     start_at: int | None = None,
+    storage: Any = None,
+    score: Callable[[FrozenTrial], float] | None = None,
 ) -> dict[int, float]:
-    """Score each of the `top` leading trials once on the second draw; returns every score.
+    """Score each of the `top` leading trials exactly once on the second draw; returns every score.
 
-    Scores are kept in the study, so re-runs skip trials already scored. Workers that finish
-    together share the work: each claims a leader before scoring it and leaves leaders that
-    another has claimed, then waits for their scores (or takes over a claim that lapsed), so
-    every worker ends with all `top` scores. `start_at` is the leader to begin with (default:
-    one picked by process id, so that workers rarely reach for the same leader at once).
+    Scores are kept in the study (user attributes `confirmed:N`), so re-runs skip leaders
+    already scored. Workers that reach the target together share the work: each claims a
+    leader in `storage`'s database before scoring it (hpo.claims: one claim wins), leaves the
+    leaders others claimed and waits for their scores, so every worker ends with the same
+    scores. A leader that diverges or fails on the second draw is recorded as failed and is
+    not recommended. `start_at` is the leader to begin with (default: one picked by process id).
     """
-    done = scores(study)
-    todo = [t for t in leaders(study, top) if t.number not in done]
+    todo = [t for t in leaders(study, top) if t.number not in confirmation_entries(study)]
     if not todo:
-        return done
-    score = SecondDraw(spec, data_dir, device)
+        return scores(study)
+    claims = claims_for(storage, study.study_name)
+    score = score or SecondDraw(spec, data_dir, device)
     start = start_at if start_at is not None else os.getpid() % len(todo)
     todo = todo[start:] + todo[:start]
     while todo:
         waiting = []
         for trial in todo:
-            entry = study.user_attrs.get(f"{CONFIRMED_KEY}{trial.number}", {})
-            if "accuracy" in entry:
-                continue  # another worker scored it meanwhile
-            if _claimed_elsewhere(entry, trial):
+            if not claims.claim(trial.number, WORKER, lapse_seconds(trial)):
                 waiting.append(trial)
                 continue
-            claim(study, trial.number, time.time())
-            value = score(trial)
-            record(study, trial.number, value)
-            if on_confirmed is not None:
-                on_confirmed(trial, value)
-        done = scores(study)
-        todo = [t for t in waiting if t.number not in done]
+            try:
+                value = score(trial)
+            except HpoError:
+                raise  # the store or the data went away: not the leader's fault
+            except Exception as exc:  # noqa: BLE001 - divergence or any failure of this leader's second run
+                _record(study, claims, trial.number, failed=first_line(exc))
+                if events is not None:
+                    events.confirm_failed(trial, first_line(exc))
+                continue
+            _record(study, claims, trial.number, accuracy=value)
+            if events is not None:
+                events.confirmed(trial, value)
+        entries = claims.entries()
+        todo = [t for t in waiting if not {"accuracy", "failed"} & set(entries.get(t.number, {}))]
         if todo:
             time.sleep(POLL_SECONDS)
-    return done
+    for number, entry in claims.entries().items():  # others' results, for readers of the study
+        if {"accuracy", "failed"} & set(entry) and f"{CONFIRMED_KEY}{number}" not in study.user_attrs:
+            study.set_user_attr(f"{CONFIRMED_KEY}{number}", {k: entry[k] for k in ("accuracy", "failed") if k in entry})
+    return scores(study)
+
+
+def _record(study: optuna.Study, claims: Claims, number: int, accuracy: float | None = None, failed: str | None = None) -> None:
+    claims.record(number, accuracy=accuracy, failed=failed)
+    study.set_user_attr(f"{CONFIRMED_KEY}{number}", {"accuracy": accuracy} if failed is None else {"failed": failed})

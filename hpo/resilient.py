@@ -159,6 +159,10 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
 
         return self._call(lambda: parent(trial_id, state, values), settled)
 
+    def retrying(self, run: Callable[[], T]) -> T:
+        """`run()` (our own queries on this store's engine), waiting out an outage like Optuna's calls."""
+        return self._call(run)
+
     def _call(self, run: Callable[[], T], on_retry: Callable[[BaseException], T | None] | None = None) -> T:
         local = _depth
         if getattr(local, "n", 0) or not hasattr(self, "outage"):

@@ -110,7 +110,10 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
                 f"study '{study.study_name}' has several objectives, so no single best trial; "
                 f"pick one with --trial N (Pareto-optimal trials: {front})"
             )
-        return confirmed_best(study) or study.best_trial
+        failed = {n for n, e in confirmation_entries(study).items() if "failed" in e}
+        usable = [t for t in complete if t.number not in failed] or complete
+        best = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+        return confirmed_best(study) or best(usable, key=lambda t: t.value)
     trials = study.get_trials(deepcopy=False)
     if not 0 <= number < len(trials):
         raise HpoError(f"study '{study.study_name}' has no trial #{number} (trials are #0..#{len(trials) - 1})")

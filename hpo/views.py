@@ -50,6 +50,9 @@ class StudyProgress:
     def confirmed(self, trial: FrozenTrial, value: float) -> None:
         say(f"confirmed trial #{trial.number}: CV {trial.value:.4f}, on a second draw of pairs {value:.4f}")
 
+    def confirm_failed(self, trial: FrozenTrial, reason: str) -> None:
+        say(f"trial #{trial.number} failed on the second draw of pairs ({reason}); it is not recommended")
+
 
 def _best(study: optuna.Study) -> str:
     if is_multi_objective(study):

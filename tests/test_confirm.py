@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import optuna
+import pytest
 import torch
 from optuna.distributions import FloatDistribution
-from optuna.trial import TrialState, create_trial
+from optuna.trial import FrozenTrial, TrialState, create_trial
 
-from hpo.confirm import claim, confirm_leaders, confirm_seed, record
+from hpo.claims import TableClaims, confirmations
+from hpo.confirm import confirm_leaders, confirm_seed
 from hpo.data import cv_pairs
 from hpo.results import LEGACY_CONFIRMED as LEGACY
 from hpo.results import confirmed_best, pick_trial, scores
 from hpo.spec import load_spec, parse_spec
+from hpo.storage import open_storage
+from hpo.train import Diverged
+from test_workers import finish, start_worker
+
+
+def record(study: optuna.Study, number: int, value: float) -> None:
+    """A score as a worker stores it for the study's readers."""
+    study.set_user_attr(f"confirmed:{number}", {"accuracy": value})
+
+
+class Seen:
+    """ConfirmEvents that remember which leaders this worker scored."""
+
+    def __init__(self) -> None:
+        self.numbers: list[int] = []
+        self.failed: list[int] = []
+
+    def confirmed(self, trial: FrozenTrial, value: float) -> None:
+        self.numbers.append(trial.number)
+
+    def confirm_failed(self, trial: FrozenTrial, reason: str) -> None:
+        self.failed.append(trial.number)
 
 
 def _study(values: list[float]) -> optuna.Study:
@@ -79,32 +106,48 @@ def test_a_second_worker_skips_leaders_already_scored_and_starts_elsewhere(tmp_p
     spec = parse_spec(TINY)
     study = _study([0.95, 0.94, 0.90])
     record(study, 1, 0.5)  # scored by another worker
-    seen: list[int] = []
-    scores = confirm_leaders(study, spec, mnist_dir, 3, torch.device("cpu"), lambda t, v: seen.append(t.number), start_at=1)
-    assert seen == [2, 0], "starts at the second unscored leader, wraps around, skips #1"
-    assert scores[1] == 0.5 and set(scores) == {0, 1, 2}
+    seen = Seen()
+    got = confirm_leaders(study, spec, mnist_dir, 3, torch.device("cpu"), seen, start_at=1)
+    assert seen.numbers == [2, 0], "starts at the second unscored leader, wraps around, skips #1"
+    assert got[1] == 0.5 and set(got) == {0, 1, 2}
 
 
-def test_a_leader_another_worker_is_scoring_is_waited_for_not_scored_twice(mnist_dir) -> None:
-    study = _study([0.95, 0.94, 0.90])
-    claim(study, 1, time.time())  # the other worker has just begun #1
-    other = threading.Timer(1.5, record, (study, 1, 0.5))  # ... and stores its score later
-    other.start()
-    seen: list[int] = []
+def _sqlite_study(tmp_path: Path, values: list[float]) -> tuple[optuna.Study, object]:
+    storage = open_storage(f"sqlite:///{tmp_path / 'c.db'}")
+    study = optuna.create_study(storage=storage, study_name="c", direction="maximize")
+    for trial in _study(values).trials:
+        study.add_trial(trial)
+    return study, storage
+
+
+def test_a_leader_another_worker_is_scoring_is_waited_for_not_scored_twice(tmp_path, mnist_dir) -> None:
+    study, storage = _sqlite_study(tmp_path, [0.95, 0.94, 0.90])
+    other = TableClaims(storage, "c")
+    assert other.claim(1, "elsewhere:1", lapse=60)  # the other worker has just begun #1
+
+    def finish_elsewhere() -> None:
+        other.record(1, accuracy=0.5)
+        record(study, 1, 0.5)
+
+    timer = threading.Timer(1.5, finish_elsewhere)
+    timer.start()
+    seen = Seen()
     try:
-        got = confirm_leaders(study, parse_spec(TINY), mnist_dir, 3, torch.device("cpu"), lambda t, v: seen.append(t.number), start_at=0)
+        got = confirm_leaders(study, parse_spec(TINY), mnist_dir, 3, torch.device("cpu"), seen, start_at=0, storage=storage)
     finally:
-        other.join()
-    assert sorted(seen) == [0, 2], "this worker scores only the unclaimed leaders"
+        timer.join()
+    assert sorted(seen.numbers) == [0, 2], "this worker scores only the unclaimed leaders"
     assert got[1] == 0.5 and set(got) == {0, 1, 2}, "and returns once the other worker's score is in"
 
 
-def test_a_lapsed_claim_of_a_worker_that_died_is_taken_over(mnist_dir) -> None:
-    study = _study([0.95, 0.94])
-    claim(study, 0, time.time() - 3600)
-    seen: list[int] = []
-    got = confirm_leaders(study, parse_spec(TINY), mnist_dir, 2, torch.device("cpu"), lambda t, v: seen.append(t.number), start_at=0)
-    assert seen == [0, 1] and set(got) == {0, 1}
+def test_a_lapsed_claim_of_a_worker_that_died_is_taken_over(tmp_path, mnist_dir) -> None:
+    study, storage = _sqlite_study(tmp_path, [0.95, 0.94])
+    dead = TableClaims(storage, "c")
+    with storage.engine.begin() as conn:  # a claim from an hour ago, never scored
+        conn.execute(confirmations.insert().values(study_id=dead.study_id, trial_number=0, worker="dead:1", claimed_at=time.time() - 3600))
+    seen = Seen()
+    got = confirm_leaders(study, parse_spec(TINY), mnist_dir, 2, torch.device("cpu"), seen, start_at=0, storage=storage)
+    assert seen.numbers == [0, 1] and set(got) == {0, 1}
 
 
 def test_each_score_has_its_own_key_so_concurrent_workers_cannot_overwrite_each_other() -> None:
@@ -114,3 +157,58 @@ def test_each_score_has_its_own_key_so_concurrent_workers_cannot_overwrite_each_
     record(study, 1, 0.8)
     assert {k for k in study.user_attrs if k != LEGACY} == {"confirmed:0", "confirmed:1"}
     assert scores(study) == {0: 0.9, 1: 0.8, 2: 0.7}
+
+
+def test_a_leader_that_diverges_on_the_second_draw_is_recorded_not_recommended_and_the_rest_go_on(mnist_dir) -> None:
+    study = _study([0.95, 0.94, 0.90])
+
+    def score(trial: FrozenTrial) -> float:
+        if trial.number == 0:
+            raise Diverged(3)
+        return 0.9
+
+    seen = Seen()
+    got = confirm_leaders(study, parse_spec(TINY), mnist_dir, 3, torch.device("cpu"), seen, start_at=0, score=score)
+    assert seen.failed == [0] and sorted(seen.numbers) == [1, 2]
+    assert set(got) == {1, 2}
+    assert study.user_attrs["confirmed:0"] == {"failed": "loss became NaN or infinite in epoch 3"}
+    assert pick_trial(study, None).number == 1, "the best CV trial failed its second draw"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_only_one_of_many_racing_claims_wins(backend, tmp_path, request) -> None:
+    url = f"sqlite:///{tmp_path / 'race.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    optuna.create_study(storage=open_storage(url), study_name="race")
+    stores = [open_storage(url) for _ in range(8)]  # a store (engine, connections) per "worker"
+    claims = [TableClaims(s, "race") for s in stores]
+    barrier = threading.Barrier(len(claims))
+
+    def race(i: int) -> bool:
+        barrier.wait()
+        return claims[i].claim(0, f"w:{i}", lapse=60)
+
+    with ThreadPoolExecutor(len(claims)) as pool:
+        won = list(pool.map(race, range(len(claims))))
+    assert won.count(True) == 1
+
+
+def _confirmed_lines(outputs: list[str]) -> dict[int, int]:
+    numbers = [int(n) for err in outputs for n in re.findall(r"^confirmed trial #(\d+):", err, re.M)]
+    return {n: numbers.count(n) for n in set(numbers)}
+
+
+@pytest.mark.parametrize("backend,workers", [("postgres", 3), ("sqlite", 2)])
+def test_workers_reaching_the_target_together_score_each_leader_exactly_once(backend, workers, write_spec, tmp_path, mnist_dir, request) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    spec = write_spec(epochs=1, pruner="none")
+    procs = [start_worker(spec, url, 6, mnist_dir, "--confirm", 3) for _ in range(workers)]
+    results = [finish(p) for p in procs]
+    for code, _, err in results:
+        assert code == 0, err
+    lines = _confirmed_lines([err for _, _, err in results])
+    study = optuna.load_study(study_name="small", storage=url)
+    top = sorted(study.get_trials(states=(TrialState.COMPLETE,)), key=lambda t: t.value, reverse=True)[:3]
+    assert lines == {t.number: 1 for t in top}, "every leader's confirmed line appears exactly once across the workers"
+    recommended = {re.search(r"recommended trial of study 'small': #(\d+)", out).group(1) for _, out, _ in results}
+    assert len(recommended) == 1, "every worker prints the same recommendation"
+    assert set(scores(study)) == {t.number for t in top}
