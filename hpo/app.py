@@ -18,8 +18,13 @@ from hpo.errors import HpoError
 from hpo.pin import PIN_KEY
 from hpo.results import is_multi_objective, load_existing_study, pick_trial, scores
 from hpo.spec import StudySpec, load_spec
-from hpo.storage import DEFAULT_RETRIES, DEFAULT_STORAGE, check_storage_url, open_existing_storage, open_storage
-from hpo.worker import finished_trials
+from hpo.storage import (
+    DEFAULT_RETRIES,
+    DEFAULT_STORAGE,
+    check_storage_url,
+    open_existing_storage,
+    open_storage,
+)
 
 DEFAULT_SPEC = "twin"  # built-in (hpo/specs/twin.toml)
 
@@ -48,6 +53,7 @@ class OptimizeOptions:
     confirm: int = 5
     verbose: bool = False
     allow_space_change: bool = False
+    precision: str = "float32"  # or bfloat16 / auto (bfloat16 where the CPU has it natively)
 
 
 class OptimizeEvents(Protocol):
@@ -89,7 +95,7 @@ class OptimizeResult:
 
 def check_optimize(options: OptimizeOptions) -> StudySpec:
     """Every check that needs no data and no database, in the order a user would fix them."""
-    from hpo.train import resolve_device
+    from hpo.train import resolve_device, resolve_precision
 
     o = options
     spec = load_spec(o.spec).with_overrides(
@@ -99,6 +105,7 @@ def check_optimize(options: OptimizeOptions) -> StudySpec:
     if o.trials < 1:
         raise HpoError(f"--trials must be at least 1; got {o.trials}")
     resolve_device(o.device)
+    resolve_precision(o.precision)
     if o.threads is not None and o.threads < 1:
         raise HpoError(f"--threads must be at least 1; got {o.threads}")
     check_storage_url(o.storage)
@@ -124,7 +131,7 @@ def optimize(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
     from hpo.data import cv_pairs, resolve_data_dir
     from hpo.objective import Objective
     from hpo.study import load_or_create
-    from hpo.train import resolve_device
+    from hpo.train import resolve_device, resolve_precision
     from hpo.worker import run_until
 
     spec = check_optimize(options)
@@ -141,13 +148,14 @@ def optimize(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
     study = load_or_create(spec, storage, options.allow_space_change)
     events.started(study, options.trials)
     try:
-        run_until(study, Objective(spec, pairs, device), options.trials, callbacks=[events.trial_finished], retries=options.retries)
+        precision = resolve_precision(options.precision)
+        run_until(study, Objective(spec, pairs, device, precision), options.trials, callbacks=[events.trial_finished], retries=options.retries)
     finally:
         events.stopped()
     if options.confirm and not spec.multi_objective:
         from hpo.confirm import confirm_leaders
 
-        confirm_leaders(study, spec, data_dir, options.confirm, device, events, storage=storage)
+        confirm_leaders(study, spec, data_dir, options.confirm, device, events, storage=storage, precision=options.precision)
     return result_of(study)
 
 
@@ -175,6 +183,7 @@ class EvaluateOptions:
     epochs: int | None = None
     device: str = "auto"
     threads: int | None = None
+    precision: str = "float32"
 
 
 class EpochEvents(Protocol):
@@ -201,7 +210,7 @@ def evaluate(options: EvaluateOptions, events: EpochEvents | None = None) -> Eva
     from hpo.evaluate import evaluate as run_rounds
     from hpo.evaluate import round_pairs
     from hpo.params import configs
-    from hpo.train import Diverged, resolve_device
+    from hpo.train import Diverged, resolve_device, resolve_precision
 
     o = options
     if (o.study is None) == (o.spec is None):
@@ -212,6 +221,7 @@ def evaluate(options: EvaluateOptions, events: EpochEvents | None = None) -> Eva
         if value is not None and value < 1:
             raise HpoError(f"{flag} must be at least 1; got {value}")
     resolve_device(o.device)
+    precision = resolve_precision(o.precision)
     study, trial_no = None, None
     if o.spec is not None:
         spec = load_spec(o.spec)
@@ -236,7 +246,7 @@ def evaluate(options: EvaluateOptions, events: EpochEvents | None = None) -> Eva
         events.started(f"{o.rounds} rounds (trained together)", train_cfg.epochs)
     try:
         hook = (lambda epoch, _: events.epoch(epoch)) if events is not None else None
-        result = run_rounds(model_cfg, train_cfg, data, o.seed, device, on_epoch=hook, trial=trial_no)
+        result = run_rounds(model_cfg, train_cfg, data, o.seed, device, on_epoch=hook, trial=trial_no, precision=precision)
     except Diverged as exc:
         raise HpoError(f"evaluation of {label} diverged: {exc}") from None
     finally:

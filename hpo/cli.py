@@ -32,6 +32,10 @@ DataDirOpt = Annotated[
     typer.Option("--data-dir", envvar="HPO_DATA_DIR", help="Folder holding MNIST (downloaded there when absent) (default: data)."),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda (auto picks CUDA when present).")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(envvar="HPO_PRECISION", help="float32, bfloat16 (CPUs with native bfloat16: forward pass in bfloat16, loss and Adam in float32) or auto (bfloat16 where native)."),
+]
 
 
 def fail(message: str) -> None:
@@ -72,6 +76,7 @@ def optimize(
     ] = None,
     max_params: Annotated[Optional[int], typer.Option(help="Parameter budget per network, as an Optuna constraint (default: the spec's, else none).")] = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "float32",
     threads: Annotated[Optional[int], typer.Option(envvar="HPO_THREADS", help="Torch CPU threads for this worker (default: torch's).")] = None,
     heartbeat_interval: Annotated[int, typer.Option(envvar="HPO_HEARTBEAT_INTERVAL", help="Seconds between a running trial's heartbeats; a trial silent for 3 intervals is failed and retried.")] = 10,
     retries: Annotated[int, typer.Option(envvar="HPO_RETRIES", help="How many times a failed (dead or stopped worker's) trial is re-run with the same parameters.")] = 2,
@@ -90,7 +95,7 @@ def optimize(
         trials=trials, spec=spec, study=study, storage=storage, data_dir=data_dir, seed=seed, folds=folds,
         epochs=epochs, sampler=sampler, pruner=pruner, enqueue_published=enqueue, max_params=max_params,
         device=device, threads=threads, heartbeat_interval=heartbeat_interval, retries=retries,
-        connect_timeout=connect_timeout, confirm=confirm, verbose=verbose, allow_space_change=allow_space_change,
+        connect_timeout=connect_timeout, confirm=confirm, verbose=verbose, allow_space_change=allow_space_change, precision=precision,
     )
     progress = views.StudyProgress()
     try:
@@ -123,6 +128,7 @@ def evaluate(
     pairs: Annotated[int, typer.Option("--pairs", help="Training pairs and test pairs per round.")] = 1000,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: the trial's or the spec's).")] = None,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "float32",
     threads: Annotated[Optional[int], typer.Option(envvar="HPO_THREADS", help="Torch CPU threads (default: torch's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON (per-round test accuracies under 'accuracies').")] = False,
 ) -> None:
@@ -131,7 +137,7 @@ def evaluate(
 
     options = application.EvaluateOptions(
         study=study, trial=trial, spec=spec, storage=storage, data_dir=data_dir, rounds=rounds, seed=seed,
-        pairs=pairs, epochs=epochs, device=device, threads=threads,
+        pairs=pairs, epochs=epochs, device=device, threads=threads, precision=precision,
     )
     result = checked(lambda: application.evaluate(options, views.EpochProgress()))
     if as_json:

@@ -55,8 +55,8 @@ def lapse_seconds(trial: FrozenTrial) -> float:
 class SecondDraw:
     """Scores a leader by CV on a second draw of pairs, with the settings it ran with."""
 
-    def __init__(self, spec: StudySpec, data_dir: str | Path, device: torch.device) -> None:
-        self.spec, self.data_dir, self.device = spec, data_dir, device
+    def __init__(self, spec: StudySpec, data_dir: str | Path, device: torch.device, precision: str = "float32") -> None:
+        self.spec, self.data_dir, self.device, self.precision = spec, data_dir, device, precision
         self._pairs: dict[tuple[int, int], Pairs] = {}
 
     def __call__(self, trial: FrozenTrial) -> float:
@@ -68,7 +68,7 @@ class SecondDraw:
         pairs = self._pairs[key]
         folds = study_folds(pairs, how.settings.folds, seed)
         seeds = trial_seeds(seed, trial.number, folds.k)
-        result = cross_validate(how.params, how.settings, pairs, folds, seeds, self.device)
+        result = cross_validate(how.params, how.settings, pairs, folds, seeds, self.device, None, self.precision, False)
         return statistics.fmean(result.accuracies)
 
 
@@ -87,6 +87,7 @@ def confirm_leaders(
     start_at: int | None = None,
     storage: Any = None,
     score: Callable[[FrozenTrial], float] | None = None,
+    precision: str = "float32",
 ) -> dict[int, float]:
     """Score each of the `top` leading trials exactly once on the second draw; returns every score.
 
@@ -101,7 +102,7 @@ def confirm_leaders(
     if not todo:
         return scores(study)
     claims = claims_for(storage, study.study_name)
-    score = score or SecondDraw(spec, data_dir, device)
+    score = score or SecondDraw(spec, data_dir, device, precision)
     start = start_at if start_at is not None else os.getpid() % len(todo)
     todo = todo[start:] + todo[:start]
     while todo:

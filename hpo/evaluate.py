@@ -103,12 +103,14 @@ def evaluate(
     device: torch.device | str = "cpu",
     on_epoch: EpochHook | None = None,
     trial: int | None = None,
+    precision: str = "float32",
 ) -> Evaluation:
     """Train every round's member on its training pairs and score it on its test pairs."""
     rounds, n = data.train_index.shape
     seeds = [derive_seed(seed, "evaluate", r, "init") for r in range(rounds)]
     result = train_members(
-        model_cfg, train_cfg, data.train, data.train_index, data.test, data.test_index, seeds, device, on_epoch
+        model_cfg, train_cfg, data.train, data.train_index, data.test, data.test_index, seeds, device, on_epoch,
+        precision=precision,
     )
     return Evaluation(
         rounds=rounds,

@@ -24,8 +24,8 @@ else:  # pragma: no cover
 
 from hpo.errors import HpoError
 from hpo.params import PARAMS
-from hpo.specs import builtin_path, builtin_specs
 from hpo.params import Param as ParamInfo
+from hpo.specs import builtin_path, builtin_specs
 
 
 class Suggester(Protocol):

@@ -16,7 +16,6 @@ from contextlib import closing
 from pathlib import Path
 from typing import TypeVar
 
-import optuna
 import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 

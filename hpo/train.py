@@ -8,10 +8,12 @@ element-wise, so one optimiser over the grouped parameters is K independent opti
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +62,39 @@ class TrainResult:
 
 
 EpochHook = Callable[[int, list[float]], None]
+Precision = Literal["float32", "bfloat16"]
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX), as oneDNN sees it.
+
+    Without it torch emulates bfloat16 through float32, slower than float32 itself.
+    """
+    backend = getattr(torch.backends, "mkldnn", None)
+    return bool(backend is not None and backend.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(name: str) -> Precision:
+    """--precision: 'float32' (the default), 'bfloat16', or 'auto' (bfloat16 where native).
+
+    bfloat16 means the network's forward pass runs under autocast (convolutions and matrix
+    products in bfloat16, accumulating in float32); the loss, the gradients' parameters and
+    Adam stay float32. It is asked for explicitly or by 'auto', never by default.
+    """
+    if name not in ("auto", "float32", "bfloat16"):
+        raise HpoError(f"--precision must be auto, float32 or bfloat16; got '{name}'")
+    if name == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    if name == "bfloat16" and not native_bfloat16():
+        raise HpoError("--precision bfloat16 asked for, but this CPU has no native bfloat16 (AVX512_BF16 or AMX); use float32 or auto")
+    return name  # type: ignore[return-value]
+
+
+def _autocast(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Autocast for the forward pass in bfloat16, a no-op in float32."""
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -83,12 +118,19 @@ def train_members(
     seeds: Sequence[int],
     device: torch.device | str = "cpu",
     on_epoch: EpochHook | None = None,
+    *,
+    precision: str = "float32",
+    validate_every_epoch: bool = True,
 ) -> TrainResult:
     """Train member m on train[train_index[m]], score it on held_out[held_out_index[m]].
 
-    `on_epoch(epoch, accuracies)` runs after each epoch (1-based); it may raise to stop.
+    `on_epoch(epoch, accuracies)` runs after each scored epoch (1-based); it may raise to stop.
+    `validate_every_epoch=False` scores only after the last epoch (the history then has one
+    entry): for callers whose pruner reads nothing per epoch. `precision` is what
+    `resolve_precision` accepts.
     """
     device = torch.device(device)
+    mode = resolve_precision(precision)
     k, m = train_index.shape
     if len(seeds) != k:
         raise ValueError(f"need one seed per member: {k} members, {len(seeds)} seeds")
@@ -121,15 +163,18 @@ def train_members(
             inputs = random_shift(inputs, train_cfg.shift, shifters)
             optimiser.param_groups[0]["lr"] = learning_rate(train_cfg, step, steps)
             step += 1
-            answer, digits = model(inputs, drop_gen)
-            loss = _loss(answer, digits, train.targets[idx], train.classes[idx], train_cfg.aux_weight)
+            with _autocast(mode, device):
+                answer, digits = model(inputs, drop_gen)
+            loss = _loss(answer.float(), digits.float(), train.targets[idx], train.classes[idx], train_cfg.aux_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             total += loss.detach()
         if not torch.isfinite(total):
             raise Diverged(epoch)
-        accuracies, digit_accuracies = evaluate_members(model, held_out, held_out_index)
+        if not validate_every_epoch and epoch < train_cfg.epochs:
+            continue
+        accuracies, digit_accuracies = evaluate_members(model, held_out, held_out_index, precision=mode)
         history.append(accuracies)
         if on_epoch is not None:
             on_epoch(epoch, accuracies)
@@ -161,14 +206,18 @@ def _loss(
 
 
 @torch.inference_mode()
-def evaluate_members(model: TwinNet, pairs: Pairs, index: torch.Tensor) -> tuple[list[float], list[float]]:
+def evaluate_members(
+    model: TwinNet, pairs: Pairs, index: torch.Tensor, precision: str = "float32"
+) -> tuple[list[float], list[float]]:
     """Each member's answer accuracy and digit accuracy on its own rows, in eval mode."""
     model.eval()
+    mode = resolve_precision(precision)
     right = torch.zeros(index.shape[0], device=index.device)
     digits_right = torch.zeros_like(right)
     for lo in range(0, index.shape[1], EVAL_CHUNK):
         idx = index[:, lo : lo + EVAL_CHUNK]
-        answer, digits = model(pairs.inputs[idx])
+        with _autocast(mode, index.device):
+            answer, digits = model(pairs.inputs[idx])
         right += (answer.argmax(-1) == pairs.targets[idx]).sum(1)
         digits_right += (digits.argmax(-1) == pairs.classes[idx]).sum((1, 2))
     n = index.shape[1]

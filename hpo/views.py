@@ -7,7 +7,13 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from hpo.app import OptimizeResult, StudyRow

@@ -8,6 +8,7 @@ import optuna
 import pytest
 import torch
 
+from hpo.model import TwinNet
 from hpo.params import configs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,11 +26,13 @@ def test_quick_benchmark_runs_every_part_and_writes_json_and_a_markdown_table(mn
         torch.set_num_threads(threads)
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["quick"] is True
-    assert set(saved["trial"]) == set(saved["ceiling"]) == {"1", "2"}
-    for trial, ceiling in zip(saved["trial"].values(), saved["ceiling"].values()):
+    assert set(saved["trial"]) == set(saved["large_batch"]) == set(saved["peak"]) == {"1", "2"}
+    for trial, large, peak in zip(saved["trial"].values(), saved["large_batch"].values(), saved["peak"].values()):
         assert trial["ours_s"] > 0 and trial["user_loop_s"] > 0
         assert 0.0 <= trial["ours_cv_accuracy"] <= 1.0 and 0.0 <= trial["user_loop_cv_accuracy"] <= 1.0
-        assert ceiling["ceiling_pairs_per_s"] > 0 and ceiling["fraction_of_ceiling"] > 0
+        assert large["pairs_per_s"] > 0 and large["ours_share"] > 0
+        assert peak["float32_gflops"] > 0 and trial["ours_gflops"] > 0
+        assert ("bfloat16_gflops" in peak) == peak["bfloat16_native"] == ("ours_bfloat16_s" in trial)
     for pruner in ("median", "none"):
         assert saved["study"][pruner]["finished"] >= bench.QUICK.study_trials
     workers = saved["workers"]
@@ -41,6 +44,28 @@ def test_quick_benchmark_runs_every_part_and_writes_json_and_a_markdown_table(mn
     table = capsys.readouterr().out
     assert table.startswith("| measure | value | target |")
     assert "trial, 1 thread: speed-up" in table and "trial, 2 threads: speed-up" in table and "workers: peak RSS" in table and "GPU: one trial" in table
+    assert "fraction of the float32 GEMM peak" in table and "GEMM peak, 1 thread" in table and "ceiling" not in table
+
+
+def test_trial_flops_are_counted_from_the_network_shapes() -> None:
+    """The reference network: 1.48 MFLOP per pair forward, 3x less the first layer's input gradient to train."""
+    cfg = configs(bench.REFERENCE, 1, 25)[0]
+    forward, conv1 = bench.forward_flops(cfg)
+    assert conv1 == 2 * (2 * 12 * 12 * 32 * 9)
+    assert forward == 2 * (2 * 12 * 12 * 32 * 9 + 2 * 16 * 64 * 32 * 9 + 2 * 256 * 128 + 2 * 128 * 10) + 2 * 20 * 64 + 2 * 64 * 2
+    flops = bench.trial_flops(cfg, folds=5, train_pairs=800, val_pairs=200, epochs=25)
+    assert round(flops["val_mflop_per_pair"], 2) == 1.48 and round(flops["train_mflop_per_pair"], 2) == 4.29
+    assert 460 < flops["trial_gflop"] < 470
+
+
+def test_user_loop_network_is_a_plain_sequential_of_the_reference_shape() -> None:
+    cfg = configs(bench.REFERENCE, 1, 25)[0]
+    encoder, head = bench.user_net(cfg)
+    assert isinstance(encoder, torch.nn.Sequential) and isinstance(head, torch.nn.Sequential)
+    digits = encoder(torch.zeros(6, 1, 14, 14))
+    assert digits.shape == (6, 10) and head(digits.view(3, 20)).shape == (3, 2)
+    ours = sum(p.numel() for p in encoder.parameters()) + sum(p.numel() for p in head.parameters())
+    assert ours == TwinNet(cfg).parameters_per_member()
 
 
 def test_benchmark_trial_trains_exactly_the_reference_configuration() -> None:

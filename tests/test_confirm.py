@@ -13,6 +13,7 @@ import pytest
 import torch
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
+from test_workers import finish, start_worker
 
 from hpo.claims import TableClaims, confirmations
 from hpo.confirm import confirm_leaders, confirm_seed
@@ -22,7 +23,6 @@ from hpo.results import confirmed_best, pick_trial, scores
 from hpo.spec import load_spec, parse_spec
 from hpo.storage import open_storage
 from hpo.train import Diverged
-from test_workers import finish, start_worker
 
 
 def record(study: optuna.Study, number: int, value: float) -> None:

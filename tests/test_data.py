@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from hpo.data import Digits, cv_pairs, load_mnist, make_pairs, resolve_data_dir, standardise, stratified_folds
+from hpo.data import (
+    Digits,
+    cv_pairs,
+    load_mnist,
+    make_pairs,
+    resolve_data_dir,
+    standardise,
+    stratified_folds,
+)
 from hpo.errors import HpoError
 from hpo.rng import generator
 

@@ -167,4 +167,5 @@ def test_ctrl_c_keeps_finished_trials_and_fails_the_running_one(write_spec, tmp_
     (retry,) = [t for t in trials if t.state == TrialState.WAITING]
     assert retry.params == failed.params, "the interrupted trial is queued to run again"
     assert all(t.state != TrialState.RUNNING for t in trials)
-    assert all(len(t.intermediate_values) == 30 for t in trials if t.state == TrialState.COMPLETE)
+    # No pruner reads per-epoch scores here, so the folds are scored once, after the last epoch.
+    assert all(sorted(t.intermediate_values) == [30] for t in trials if t.state == TrialState.COMPLETE)

@@ -7,15 +7,21 @@ import resource
 import sqlite3
 import subprocess
 import time
-from contextlib import closing, contextmanager
 from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
-
-from test_workers import FINISHED, finish, running_with_progress, start_worker, trials_of, wait_for
+from test_workers import (
+    FINISHED,
+    finish,
+    running_with_progress,
+    start_worker,
+    trials_of,
+    wait_for,
+)
 
 pytestmark = pytest.mark.postgres
 CLUSTER = ["pg_ctlcluster", "--skip-systemctl-redirect"]

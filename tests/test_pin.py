@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import optuna
+from test_bad_input import one_error_line
 
 from hpo.pin import PIN_KEY, pin_of
 from hpo.spec import load_spec
-from test_bad_input import one_error_line
 
 
 def _snapshot(url: str) -> tuple:

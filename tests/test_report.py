@@ -87,7 +87,7 @@ def test_grid_ablation_groups_cv_accuracy_by_sharing_and_aux_loss(cli, write_spe
 
 
 def test_ablation_spec_is_the_published_grid_with_repeats() -> None:
-    spec = load_spec(REPO / "studies" / "ablation.toml")
+    spec = load_spec("ablation")
     assert spec.sampler == "grid" and spec.pruner == "none"
     assert spec.space["weight_sharing"] == Choice((True, False))
     assert spec.space["aux_weight"] == Choice((0.0, 1.0))

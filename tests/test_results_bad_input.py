@@ -11,7 +11,6 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-
 from test_bad_input import one_error_line
 
 

@@ -20,11 +20,11 @@ import pytest
 import sqlalchemy
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
+from test_bad_input import one_error_line
 
 from hpo.published import PUBLISHED
 from hpo.storage import open_storage
 from hpo.worker import run_until
-from test_bad_input import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
