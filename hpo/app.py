@@ -54,25 +54,30 @@ class OptimizeOptions:
     verbose: bool = False
     allow_space_change: bool = False
     precision: str = "float32"  # or bfloat16 / auto (bfloat16 where the CPU has it natively)
+    jobs: int = 1  # worker processes (hpo.pool when more than one)
 
 
 class OptimizeEvents(Protocol):
     """What a caller is told while a study runs (the CLI draws a progress bar from it)."""
 
+    def notice(self, line: str) -> None: ...
     def started(self, study: optuna.Study, target: int) -> None: ...
-    def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None: ...
+    def trial_finished(self, study: optuna.Study, trial: FrozenTrial | None) -> None: ...
     def stopped(self) -> None: ...
     def confirmed(self, trial: FrozenTrial, value: float) -> None: ...
     def confirm_failed(self, trial: FrozenTrial, reason: str) -> None: ...
 
 
 class Silent:
-    """Events nobody watches (benchmarks, worker processes of --jobs)."""
+    """Events nobody watches (benchmarks)."""
+
+    def notice(self, line: str) -> None:
+        pass
 
     def started(self, study: optuna.Study, target: int) -> None:
         pass
 
-    def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def trial_finished(self, study: optuna.Study, trial: FrozenTrial | None) -> None:
         pass
 
     def stopped(self) -> None:
@@ -91,6 +96,7 @@ class OptimizeResult:
     recommended: FrozenTrial | None  # single objective: the trial to test; None before any completes
     second_score: float | None  # its CV accuracy on the second draw, when confirmed
     pareto: list[FrozenTrial] = field(default_factory=list)  # several objectives: the front
+    failed_workers: list[str] = field(default_factory=list)  # --jobs: one line per worker that failed
 
 
 def check_optimize(options: OptimizeOptions) -> StudySpec:
@@ -130,36 +136,55 @@ def optimize(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
 
     from hpo.data import cv_pairs, resolve_data_dir
     from hpo.objective import Objective
-    from hpo.study import load_or_create
     from hpo.train import resolve_device, resolve_precision
     from hpo.worker import run_until
 
+    if options.jobs > 1:
+        from hpo.pool import run_pool
+
+        return run_pool(options, events)
     spec = check_optimize(options)
     if options.threads:
         torch.set_num_threads(options.threads)
     device = resolve_device(options.device)
-    optuna.logging.set_verbosity(optuna.logging.INFO if options.verbose else optuna.logging.ERROR)
     data_dir = resolve_data_dir(options.data_dir)
     pairs = cv_pairs(data_dir, spec.train.train_pairs, spec.seed)
-    storage = open_storage(
-        options.storage, heartbeat_interval=options.heartbeat_interval, retries=options.retries,
-        connect_timeout=options.connect_timeout,
-    )
-    study = load_or_create(spec, storage, options.allow_space_change)
+    study, storage = open_study(options, spec, events.notice)
     events.started(study, options.trials)
     try:
         precision = resolve_precision(options.precision)
         run_until(study, Objective(spec, pairs, device, precision), options.trials, callbacks=[events.trial_finished], retries=options.retries)
     finally:
         events.stopped()
-    if options.confirm and not spec.multi_objective:
-        from hpo.confirm import confirm_leaders
-
-        confirm_leaders(study, spec, data_dir, options.confirm, device, events, storage=storage, precision=options.precision)
-    return result_of(study)
+    confirm(options, spec, study, storage, events)
+    return optimize_result(study)
 
 
-def result_of(study: optuna.Study) -> OptimizeResult:
+def confirm(options: OptimizeOptions, spec: StudySpec, study: optuna.Study, storage: Any, events: OptimizeEvents) -> None:
+    """Re-score the leaders on a second draw of pairs (hpo.confirm), unless turned off."""
+    if not options.confirm or spec.multi_objective:
+        return
+    from hpo.confirm import confirm_leaders
+    from hpo.data import resolve_data_dir
+    from hpo.train import resolve_device
+
+    data_dir, device = resolve_data_dir(options.data_dir), resolve_device(options.device)
+    confirm_leaders(study, spec, data_dir, options.confirm, device, events, storage=storage, precision=options.precision)
+
+
+def open_study(options: OptimizeOptions, spec: StudySpec, notify: Any) -> tuple[optuna.Study, Any]:
+    """The study store opened for a worker (waiting out outages) and the study, created or checked."""
+    from hpo.study import load_or_create
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if options.verbose else optuna.logging.ERROR)
+    storage = open_storage(
+        options.storage, heartbeat_interval=options.heartbeat_interval, retries=options.retries,
+        connect_timeout=options.connect_timeout, notify=notify,
+    )
+    return load_or_create(spec, storage, options.allow_space_change), storage
+
+
+def optimize_result(study: optuna.Study) -> OptimizeResult:
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return OptimizeResult(study, None, None)
     if is_multi_objective(study):

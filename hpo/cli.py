@@ -11,8 +11,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import typer
 
+from hpo import __version__, views
 from hpo import app as application
-from hpo import views
 from hpo.errors import HpoError
 from hpo.storage import DEFAULT_STORAGE
 
@@ -22,6 +22,19 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        views.out.print(f"hpo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print hpo's version and exit.")] = False,
+) -> None:
+    """Automatic, shared hyperparameter search for twin CNNs on MNIST digit pairs."""
 T = TypeVar("T")
 
 StorageOpt = Annotated[
@@ -77,7 +90,8 @@ def optimize(
     max_params: Annotated[Optional[int], typer.Option(help="Parameter budget per network, as an Optuna constraint (default: the spec's, else none).")] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "float32",
-    threads: Annotated[Optional[int], typer.Option(envvar="HPO_THREADS", help="Torch CPU threads for this worker (default: torch's).")] = None,
+    jobs: Annotated[str, typer.Option("--jobs", "-j", envvar="HPO_JOBS", help="Worker processes on this machine: auto (one per core, one torch thread each) or N.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(envvar="HPO_THREADS", help="Torch CPU threads per worker (default: 1 with several workers, else torch's).")] = None,
     heartbeat_interval: Annotated[int, typer.Option(envvar="HPO_HEARTBEAT_INTERVAL", help="Seconds between a running trial's heartbeats; a trial silent for 3 intervals is failed and retried.")] = 10,
     retries: Annotated[int, typer.Option(envvar="HPO_RETRIES", help="How many times a failed (dead or stopped worker's) trial is re-run with the same parameters.")] = 2,
     connect_timeout: Annotated[float, typer.Option(envvar="HPO_CONNECT_TIMEOUT", help="Seconds to keep retrying a database server that is not reachable yet.")] = 120.0,
@@ -89,10 +103,12 @@ def optimize(
 
     Any number of workers started with the same command share the study.
     """
+    from hpo.pool import resolve_jobs
     from hpo.worker import Interrupted, finished_trials, stop_signals_raise
 
+    workers, threads = checked(lambda: resolve_jobs(jobs, threads))
     options = application.OptimizeOptions(
-        trials=trials, spec=spec, study=study, storage=storage, data_dir=data_dir, seed=seed, folds=folds,
+        jobs=workers, trials=trials, spec=spec, study=study, storage=storage, data_dir=data_dir, seed=seed, folds=folds,
         epochs=epochs, sampler=sampler, pruner=pruner, enqueue_published=enqueue, max_params=max_params,
         device=device, threads=threads, heartbeat_interval=heartbeat_interval, retries=retries,
         connect_timeout=connect_timeout, confirm=confirm, verbose=verbose, allow_space_change=allow_space_change, precision=precision,
@@ -108,6 +124,17 @@ def optimize(
             views.say(views.interrupted_line(exc, progress.study.study_name, finished_trials(progress.study)))
         raise typer.Exit(128 + exc.signum) from None
     views.print_optimize(result)
+    if result.failed_workers:
+        views.say(f"{len(result.failed_workers)} of {jobs} workers failed: " + "; ".join(result.failed_workers))
+        raise typer.Exit(1)
+
+
+@app.command()
+def specs() -> None:
+    """List the built-in study specs (pass a name to --spec, or the path of your own TOML file)."""
+    from hpo.specs import builtin_specs
+
+    views.print_specs(builtin_specs())
 
 
 @app.command()
