@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from test_workers import (
     FINISHED,
     finish,
+    message_lines,
     running_with_progress,
     start_worker,
     trials_of,
