@@ -38,11 +38,11 @@ def main(
 T = TypeVar("T")
 
 StorageOpt = Annotated[
-    str, typer.Option("--storage", envvar="HPO_STORAGE", help="SQLAlchemy URL of the study store.")
+    str, typer.Option("--storage", envvar="HPO_STORAGE", help="SQLAlchemy URL of the study store (default: the SQLite file storage/hpo.db under the current folder; postgresql+psycopg://user:pass@host/db for many machines).")
 ]
 DataDirOpt = Annotated[
     Optional[Path],
-    typer.Option("--data-dir", envvar="HPO_DATA_DIR", help="Folder holding MNIST (downloaded there when absent) (default: data)."),
+    typer.Option("--data-dir", envvar="HPO_DATA_DIR", help="Folder holding MNIST, downloaded there once when absent (default: ~/.cache/hpo, or $XDG_CACHE_HOME/hpo)."),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda (auto picks CUDA when present).")]
 PrecisionOpt = Annotated[
