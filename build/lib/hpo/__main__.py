@@ -1,0 +1,3 @@
+from hpo.cli import app
+
+app(prog_name="hpo")
