@@ -1,8 +1,9 @@
-"""What each command does, as typed functions over frozen option dataclasses.
+"""What the training commands do, as typed functions over frozen option dataclasses: optimize, evaluate.
 
 The CLI parses flags into these options, calls one function and prints what it returns; the
-benchmarks and tests call the same functions. Modules that need torch are imported inside the
-functions that train, so `hpo studies`, `report` and `export` start without it.
+benchmarks and tests call the same functions (hpo.pool runs several optimize workers, and
+hpo.reading holds the read-only commands). Modules that need torch are imported inside the
+functions that train, so the CLI starts without it.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HpoError
-from hpo.pin import PIN_KEY
 from hpo.results import is_multi_objective, load_existing_study, pick_trial, scores
 from hpo.spec import StudySpec, load_spec
 from hpo.storage import (
     DEFAULT_RETRIES,
     DEFAULT_STORAGE,
     check_storage_url,
-    open_existing_storage,
     open_storage,
 )
 
@@ -54,7 +53,7 @@ class OptimizeOptions:
     verbose: bool = False
     allow_space_change: bool = False
     precision: str = "float32"  # or bfloat16 / auto (bfloat16 where the CPU has it natively)
-    jobs: int = 1  # worker processes (hpo.pool when more than one)
+    jobs: int = 1  # worker processes: hpo.pool runs several, each through optimize() with jobs=1
 
 
 class OptimizeEvents(Protocol):
@@ -139,10 +138,6 @@ def optimize(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
     from hpo.train import resolve_device, resolve_precision
     from hpo.worker import run_until
 
-    if options.jobs > 1:
-        from hpo.pool import run_pool
-
-        return run_pool(options, events)
     spec = check_optimize(options)
     if options.threads:
         torch.set_num_threads(options.threads)
@@ -283,59 +278,3 @@ def evaluate(options: EvaluateOptions, events: EpochEvents | None = None) -> Eva
 
         save_evaluation(study, record)
     return EvaluateResult(label, params, result, record)
-
-
-@dataclass(frozen=True)
-class StudyRow:
-    name: str
-    counts: dict[str, int]  # trials by state name, plus "trials"
-    best: float | None
-    spec: str  # the spec it is pinned to: where it came from and its hash
-
-
-def list_studies(url: str) -> list[StudyRow]:
-    """The studies in a store with their trial counts and best values."""
-    storage = open_existing_storage(url)
-    rows = []
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
-        trials = optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False)
-        counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
-        best = s.best_trial.value if s.best_trial is not None else None
-        pin = s.user_attrs.get(PIN_KEY) or {}
-        spec = f"{Path(pin.get('source') or '?').name} {pin['hash'][:8]}" if "hash" in pin else "-"
-        rows.append(StudyRow(s.study_name, {"trials": len(trials), **counts}, best, spec))
-    return rows
-
-
-def report(study_name: str, url: str, out: Path) -> optuna.Study:
-    """Write the HTML report of a study to `out`; returns the study (for the cell table)."""
-    from hpo.outputs import check_out, write_out
-    from hpo.report import build_report
-
-    check_out(out)
-    study = load_existing_study(url, study_name)
-    write_out(out, build_report(study))
-    return study
-
-
-def export(study_name: str, url: str, fmt: str, out: Path | None) -> str | None:
-    """The study's trials as CSV or JSON: written to `out`, or returned when `out` is None."""
-    from hpo.export import FORMATS
-    from hpo.export import export as render
-    from hpo.outputs import check_out, write_out
-
-    if fmt not in FORMATS:
-        raise HpoError(f"--format must be csv or json; got '{fmt}'")
-    check_out(out)
-    text = render(load_existing_study(url, study_name), fmt)
-    if out is None:
-        return text
-    write_out(out, text)
-    return None
-
-
-def dashboard_app(url: str) -> Any:
-    """optuna-dashboard's WSGI app on an existing store."""
-    from optuna_dashboard import wsgi
-
-    return wsgi(open_existing_storage(url))

@@ -11,7 +11,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import typer
 
-from hpo import __version__, views
+from hpo import __version__, reading, views
 from hpo import app as application
 from hpo.errors import HpoError
 from hpo.storage import DEFAULT_STORAGE
@@ -103,7 +103,7 @@ def optimize(
 
     Any number of workers started with the same command share the study.
     """
-    from hpo.pool import resolve_jobs
+    from hpo.pool import resolve_jobs, run_pool
     from hpo.worker import Interrupted, finished_trials, stop_signals_raise
 
     workers, threads = checked(lambda: resolve_jobs(jobs, threads))
@@ -116,7 +116,7 @@ def optimize(
     progress = views.StudyProgress()
     try:
         with user_errors(), stop_signals_raise():
-            result = application.optimize(options, progress)
+            result = (run_pool if options.jobs > 1 else application.optimize)(options, progress)
     except Interrupted as exc:
         if progress.study is None:  # a signal before any trial ran: nothing to keep
             views.say(f"stopped by {exc}: no trial was running")
@@ -140,7 +140,7 @@ def specs() -> None:
 @app.command()
 def studies(storage: StorageOpt = DEFAULT_STORAGE) -> None:
     """List the studies in a storage with trial counts and best values."""
-    views.print_studies(storage, checked(lambda: application.list_studies(storage)))
+    views.print_studies(storage, checked(lambda: reading.list_studies(storage)))
 
 
 @app.command()
@@ -181,7 +181,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML report: Optuna's plots, our ablation summary, top trials, evaluation."""
     path = out_path or Path(f"{study}-report.html")
-    loaded = checked(lambda: application.report(study, storage, path))
+    loaded = checked(lambda: reading.report(study, storage, path))
     views.print_cells(loaded)
     views.out.print(f"wrote {path}")
 
@@ -194,7 +194,7 @@ def export(
     storage: StorageOpt = DEFAULT_STORAGE,
 ) -> None:
     """Write a study's trials (parameters, values, state, user attributes) as CSV or JSON."""
-    text = checked(lambda: application.export(study, storage, fmt, out_path))
+    text = checked(lambda: reading.export(study, storage, fmt, out_path))
     if text is not None:
         sys.stdout.write(text)
 
@@ -206,7 +206,7 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
 ) -> None:
     """Serve optuna-dashboard on the study store the other commands use (Ctrl-C stops it)."""
-    wsgi = checked(lambda: application.dashboard_app(storage))
+    wsgi = checked(lambda: reading.dashboard_app(storage))
     try:
         server = make_server(host, port, wsgi, handler_class=_QuietHandler)
     except OSError as exc:

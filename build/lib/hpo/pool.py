@@ -27,6 +27,16 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from hpo.app import (
+    OptimizeEvents,
+    OptimizeOptions,
+    OptimizeResult,
+    check_optimize,
+    confirm,
+    open_study,
+    optimize,
+    optimize_result,
+)
 from hpo.errors import HpoError, first_line
 from hpo.worker import Interrupted, fail_trials_of, stop_signals_raise
 
@@ -67,10 +77,8 @@ class Worker:
         return f"worker {self.index} (pid {self.process.pid})"
 
 
-def run_pool(options: Any, events: Any) -> Any:
+def run_pool(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult:
     """app.optimize for options.jobs > 1: start the workers, watch them, return the study's result."""
-    from hpo.app import check_optimize, confirm, open_study, optimize_result
-
     spec = check_optimize(options)
     study, storage = open_study(options, spec, events.notice)
     # Leaders are confirmed once all workers are done, so that a last trial that finishes
@@ -188,8 +196,6 @@ class ChildEvents:
 
 def worker_main(payload: str) -> int:
     """One pool worker: run the study, then print one JSON line saying how it ended."""
-    from hpo.app import OptimizeOptions, optimize
-    from hpo.worker import stop_signals_raise
 
     events = ChildEvents(os.environ.get("HPO_WORKER_INDEX", "?"))
     report: dict[str, Any]

@@ -16,7 +16,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from hpo.app import OptimizeResult, StudyRow
+from hpo.app import OptimizeResult
+from hpo.reading import StudyRow
 from hpo.results import fmt, is_multi_objective
 from hpo.worker import Interrupted, finished_trials
 
