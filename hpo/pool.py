@@ -25,12 +25,12 @@ from types import FrameType
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
 
 from hpo.app import (
     OptimizeEvents,
     OptimizeOptions,
     OptimizeResult,
+    Silent,
     check_optimize,
     confirm,
     open_study,
@@ -169,29 +169,14 @@ def _forwarding(workers: list[Worker]) -> Iterator[list[int]]:
             signal.signal(s, old)
 
 
-class ChildEvents:
-    """A pool worker's events: silent but for its store notices, on stderr."""
+class ChildEvents(Silent):
+    """A pool worker's events: silent but for its store notices, on stderr (the parent draws the bar)."""
 
     def __init__(self, index: str) -> None:
         self.prefix = f"worker {index}: "
 
     def notice(self, line: str) -> None:
         print(self.prefix + line, file=sys.stderr, flush=True)
-
-    def started(self, study: optuna.Study, target: int) -> None:
-        pass
-
-    def trial_finished(self, study: optuna.Study, trial: FrozenTrial | None) -> None:
-        pass
-
-    def stopped(self) -> None:
-        pass
-
-    def confirmed(self, trial: FrozenTrial, value: float) -> None:
-        print(f"confirmed trial #{trial.number}: CV {trial.value:.4f}, on a second draw of pairs {value:.4f}", file=sys.stderr, flush=True)
-
-    def confirm_failed(self, trial: FrozenTrial, reason: str) -> None:
-        print(f"trial #{trial.number} failed on the second draw of pairs ({reason}); it is not recommended", file=sys.stderr, flush=True)
 
 
 def worker_main(payload: str) -> int:

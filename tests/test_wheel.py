@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -20,7 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The `hpo` command of a fresh virtual environment holding the built wheel (no download)."""
     root = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"), str(ROOT)],
+    source = root / "source"  # a copy: building in the checkout would leave build/ behind, and reuse it
+    shutil.copytree(ROOT / "hpo", source / "hpo", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"), str(source)],
                    check=True, capture_output=True, timeout=300)
     (wheel,) = (root / "dist").glob("hpo-*.whl")
     venv.create(root / "env", system_site_packages=True, with_pip=False)

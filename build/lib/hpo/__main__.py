@@ -1,3 +1,0 @@
-from hpo.cli import app
-
-app(prog_name="hpo")
