@@ -6,8 +6,9 @@ Opens the store with hpo.storage.open_storage (real heartbeats), loads the study
 "ready" and waits for a line on stdin (so that every worker starts together, after the slow
 imports), then runs hpo.worker.run_until with an objective that suggests three parameters and
 reports once per sleeping "epoch". Optuna's ask, tell, report and should_prune are wrapped at
-class level to time every call, and the store's methods to total the time each thread spends
-in the database. Writes what it measured to CONFIG["result"] as JSON. Never imports torch:
+class level to time every call, and the store's methods to total the time spent in the
+database by each of those calls, by the loop itself and by the heartbeat thread. Writes what
+it measured to CONFIG["result"] as JSON. Never imports torch:
 the point is dozens of light processes on one machine.
 """
 
@@ -31,28 +32,37 @@ from hpo.resilient import WRAPPED, ResilientRDBStorage
 from hpo.storage import open_storage
 from hpo.worker import run_until
 
-TIMED = {"ask": (optuna.study.Study, "ask"), "tell": (optuna.study.Study, "tell"),
+TIMED = {"ask": (optuna.study.Study, "ask"), "tell": (optuna.study.Study, "tell"), "suggest": (optuna.trial.Trial, "suggest_float"),
          "report": (optuna.trial.Trial, "report"), "should_prune": (optuna.trial.Trial, "should_prune")}
 
 
 class Meter:
-    """Latencies of Optuna's calls, and seconds spent in the store per thread kind."""
+    """Latencies of Optuna's calls, and seconds spent in the store by the Optuna call that made them.
+
+    A storage call on the main thread is charged to the enclosing ask, suggest, report,
+    should_prune or tell ("loop" when none: the worker loop's own reads and writes); one on
+    another thread to "heartbeat".
+    """
 
     def __init__(self) -> None:
         self.latency_ms: dict[str, list[float]] = defaultdict(list)
         self.asked: list[int] = []
-        self.storage_s = {"main": 0.0, "heartbeat": 0.0}
-        self.storage_calls = {"main": 0, "heartbeat": 0}
+        self.storage_s: dict[str, float] = defaultdict(float)
+        self.storage_calls: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
-        self._depth = threading.local()
+        self._local = threading.local()
 
     def time_optuna(self, name: str, owner: type, attr: str) -> None:
         original = getattr(owner, attr)
 
         @functools.wraps(original)
         def timed(*args: Any, **kwargs: Any) -> Any:
+            self._local.op = name
             start = time.perf_counter()
-            result = original(*args, **kwargs)
+            try:
+                result = original(*args, **kwargs)
+            finally:
+                self._local.op = None
             self.latency_ms[name].append((time.perf_counter() - start) * 1e3)
             if name == "ask":
                 self.asked.append(result.number)
@@ -65,15 +75,16 @@ class Meter:
 
         @functools.wraps(original)
         def timed(*args: Any, **kwargs: Any) -> Any:
-            if getattr(self._depth, "n", 0):
+            if getattr(self._local, "in_store", False):
                 return original(*args, **kwargs)  # count the outermost call only
-            self._depth.n = 1
+            self._local.in_store = True
             start = time.perf_counter()
             try:
                 return original(*args, **kwargs)
             finally:
-                self._depth.n = 0
-                kind = "main" if threading.current_thread() is threading.main_thread() else "heartbeat"
+                self._local.in_store = False
+                main = threading.current_thread() is threading.main_thread()
+                kind = (getattr(self._local, "op", None) or "loop") if main else "heartbeat"
                 with self._lock:
                     self.storage_s[kind] += time.perf_counter() - start
                     self.storage_calls[kind] += 1

@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ from typing import Any
 import optuna
 import sqlalchemy
 from optuna.trial import TrialState
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pgbouncer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "load_worker.py"
@@ -53,23 +57,30 @@ class Plan:
 QUICK = Plan(postgres=(4,), sqlite=(2,), trials_per_worker=2, epochs=2, epoch_seconds=0.2, wall_limit_s=45.0)
 
 
-def run(backend: str, n: int, plan: Plan, server: sqlalchemy.URL, workdir: Path) -> dict[str, Any]:
-    """One run of n workers on a fresh store; what it measured and what the study holds after."""
+def run(backend: str, n: int, plan: Plan, server: sqlalchemy.URL, workdir: Path, via: sqlalchemy.URL | None = None) -> dict[str, Any]:
+    """One run of n workers on a fresh store; what it measured and what the study holds after.
+
+    `via`: the server as the workers reach it (through pgbouncer), when not directly.
+    """
     database = f"hpo_load_{uuid.uuid4().hex[:10]}"
     admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.NullPool)
     if backend == "postgresql":
         with admin.connect() as conn:
             conn.execute(sqlalchemy.text(f'CREATE DATABASE "{database}"'))
         url = server.set(database=database).render_as_string(hide_password=False)
+        worker_url = (via or server).set(database=database).render_as_string(hide_password=False)
     else:
-        url = f"sqlite:///{workdir / (database + '.db')}"
+        url = worker_url = f"sqlite:///{workdir / (database + '.db')}"
     try:
         from hpo.storage import open_storage
 
         storage = open_storage(url)
         optuna.create_study(study_name="load", storage=storage, direction="maximize")
         storage.engine.dispose()  # the parent holds no connection while the workers run
-        return _measure(backend, n, plan, url, database, admin, workdir)
+        record, workers = _measure(backend, n, plan, worker_url, database, admin, workdir)
+        record.update(_invariants(url, workers))  # read directly, not through pgbouncer
+        record.update(_latencies(workers, record["finished"]))
+        return record
     finally:
         if backend == "postgresql":
             with admin.connect() as conn:
@@ -77,7 +88,8 @@ def run(backend: str, n: int, plan: Plan, server: sqlalchemy.URL, workdir: Path)
         admin.dispose()
 
 
-def _measure(backend: str, n: int, plan: Plan, url: str, database: str, admin: sqlalchemy.Engine, workdir: Path) -> dict[str, Any]:
+def _measure(backend: str, n: int, plan: Plan, url: str, database: str, admin: sqlalchemy.Engine,
+             workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     target = n * plan.trials_per_worker
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     procs, results, logs = [], [], []
@@ -112,9 +124,7 @@ def _measure(backend: str, n: int, plan: Plan, url: str, database: str, admin: s
               "database_is_locked": stderr.count("database is locked"),
               "torch_imported": any(w.get("torch_imported") for w in workers),
               "max_worker_rss_mib": round(max(w.get("max_rss_mib", 0) for w in workers), 1)}
-    record.update(_invariants(url, workers))
-    record.update(_latencies(workers, record["finished"]))
-    return record
+    return record, workers
 
 
 def _cpu_times() -> tuple[int, int]:
@@ -179,13 +189,20 @@ def _invariants(url: str, workers: list[dict[str, Any]]) -> dict[str, Any]:
     asked = [number for w in workers for number in w.get("asked", [])]
     finished = [t for t in trials if t.state in FINISHED]
     span = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds() if finished else 0
+    retry_of = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
+
+    def recovered(number: int) -> bool:
+        """Finished, or failed (its worker's heartbeat was late) and retried until a retry finished."""
+        return state.get(number) in FINISHED or (number in retry_of and recovered(retry_of[number]))
+
     durations = [(t.datetime_complete - t.datetime_start).total_seconds() for t in finished]
     return {
         "finished": len(finished),
         "mean_trial_s": round(sum(durations) / len(durations), 2) if durations else None,
         "trials_per_s": round(len(finished) / span, 2) if span else 0.0,
         "duplicate_numbers": len(numbers) - len(set(numbers)) + len(asked) - len(set(asked)),
-        "lost": sum(state.get(number) not in FINISHED for number in asked),
+        "lost": sum(state.get(number) not in FINISHED for number in asked),  # asked, not finished
+        "unrecovered": sum(not recovered(number) for number in asked),  # ... and no retry of it finished either
         "running_left": sum(t.state == TrialState.RUNNING for t in trials),
         "waiting_left": sum(t.state == TrialState.WAITING for t in trials),  # queued retries nobody needed
         "failed": sum(t.state == TrialState.FAIL for t in trials),
@@ -193,18 +210,26 @@ def _invariants(url: str, workers: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _latencies(workers: list[dict[str, Any]], finished: int) -> dict[str, Any]:
+    """Percentiles of Optuna's calls; the store's time per finished trial, by the call that spent it."""
     out: dict[str, Any] = {}
-    for op in ("ask", "report", "should_prune", "tell"):
+    for op in ("ask", "suggest", "report", "should_prune", "tell"):
         samples = sorted(x for w in workers for x in w.get("latency_ms", {}).get(op, []))
-        out[f"{op}_ms"] = {"n": len(samples), "p50": _pct(samples, 50), "p99": _pct(samples, 99)} if samples else None
+        out[f"{op}_ms"] = {"n": len(samples), "p50": _pct(samples, 50), "p99": _pct(samples, 99),
+                           "mean": round(sum(samples) / len(samples), 1)} if samples else None
+    seconds: dict[str, float] = {}
+    calls: dict[str, int] = {}
+    for w in workers:
+        for kind, s in w.get("storage_s", {}).items():
+            seconds[kind] = seconds.get(kind, 0.0) + s
+            calls[kind] = calls.get(kind, 0) + w["storage_calls"][kind]
+    main_s = sum(s for kind, s in seconds.items() if kind != "heartbeat")
     loop_s = sum(w.get("loop_s", 0.0) for w in workers)
-    main_s = sum(w.get("storage_s", {}).get("main", 0.0) for w in workers)
     out["storage_share_of_worker_time"] = round(main_s / loop_s, 4) if loop_s else None
-    for kind in ("main", "heartbeat"):
-        seconds = sum(w.get("storage_s", {}).get(kind, 0.0) for w in workers)
-        calls = sum(w.get("storage_calls", {}).get(kind, 0) for w in workers)
-        out[f"storage_{kind}_ms_per_trial"] = round(1e3 * seconds / finished, 1) if finished else None
-        out[f"storage_{kind}_calls_per_trial"] = round(calls / finished, 1) if finished else None
+    per_trial = (lambda x: round(x / finished, 1)) if finished else (lambda x: None)
+    out["storage_main_ms_per_trial"] = per_trial(1e3 * main_s)
+    out["storage_heartbeat_ms_per_trial"] = per_trial(1e3 * seconds.get("heartbeat", 0.0))
+    out["storage_ms_per_trial_by_call"] = {kind: per_trial(1e3 * s) for kind, s in sorted(seconds.items())}
+    out["storage_calls_per_trial_by_call"] = {kind: per_trial(n) for kind, n in sorted(calls.items())}
     return out
 
 
@@ -218,15 +243,17 @@ def _pct(samples: list[float], q: float) -> float:
 
 def table(runs: list[dict[str, Any]]) -> str:
     head = ("| store | N | finished | trials/s | ask p50/p99 ms | report p50/p99 ms | tell p50/p99 ms | peak conns (per worker) "
-            "| dup / lost / left running / failed | storage ms per trial (main + heartbeat) | storage share | errors |")
+            "| dup / lost (unrecovered) / left running / failed | storage ms per trial (main + heartbeat) | storage share "
+            "| machine CPU busy | errors |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in runs:
         lat = [f"{r[f'{op}_ms']['p50']} / {r[f'{op}_ms']['p99']}" if r[f"{op}_ms"] else "-" for op in ("ask", "report", "tell")]
         conns = f"{r['peak_connections']} ({r['peak_connections_per_worker']})" if r["peak_connections"] is not None else "-"
         errors = str(len(r["worker_errors"])) + (f", {r['database_is_locked']} locked" if r["database_is_locked"] else "")
         lines.append(f"| {r['backend']} | {r['workers']} | {r['finished']} | {r['trials_per_s']} | {lat[0]} | {lat[1]} | {lat[2]} "
-                     f"| {conns} | {r['duplicate_numbers']} / {r['lost']} / {r['running_left']} / {r['failed']} "
-                     f"| {r['storage_main_ms_per_trial']} + {r['storage_heartbeat_ms_per_trial']} | {_percent(r['storage_share_of_worker_time'])} | {errors}"
+                     f"| {conns} | {r['duplicate_numbers']} / {r['lost']} ({r['unrecovered']}) / {r['running_left']} / {r['failed']} "
+                     f"| {r['storage_main_ms_per_trial']} + {r['storage_heartbeat_ms_per_trial']} | {_percent(r['storage_share_of_worker_time'])} "
+                     f"| {_percent(r['machine_cpu_busy'])} | {errors}"
                      f"{' (timed out)' if r['timed_out'] else ''} |")
     return "\n".join(lines)
 
@@ -246,6 +273,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--trials-per-worker", type=int)
     parser.add_argument("--epoch-seconds", type=float)
     parser.add_argument("--server", default=os.environ.get("HPO_TEST_POSTGRES_URL", DEFAULT_SERVER))
+    parser.add_argument("--pgbouncer", choices=("transaction", "session"), help="workers reach PostgreSQL through pgbouncer in this pool mode")
+    parser.add_argument("--pgbouncer-pool", type=int, default=20, help="pgbouncer's server connections per database")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "storage_load.json"))
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -254,14 +283,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     extra = {k: v for k, v in (("trials_per_worker", args.trials_per_worker), ("epoch_seconds", args.epoch_seconds)) if v is not None}
     plan = Plan(**{**asdict(plan), **counts, **extra})
     server = sqlalchemy.make_url(args.server)
-    runs = []
-    with tempfile.TemporaryDirectory(prefix="hpo-load-") as tmp:
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="hpo-load-") as tmp, ExitStack() as stack:
+        via = stack.enter_context(pgbouncer.pgbouncer(server, args.pgbouncer, args.pgbouncer_pool)) if args.pgbouncer else None
         for backend, counts_ in (("postgresql", plan.postgres), ("sqlite", plan.sqlite)):
             for n in counts_:
-                runs.append(run(backend, n, plan, server, Path(tmp)))
+                runs.append(run(backend, n, plan, server, Path(tmp), via if backend == "postgresql" else None))
+                if via is not None and backend == "postgresql":
+                    runs[-1]["backend"] = f"postgresql via pgbouncer ({args.pgbouncer}, pool {args.pgbouncer_pool})"
                 print(table(runs[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     result = {"command": " ".join(["python benchmarks/storage_load.py", *(argv if argv is not None else sys.argv[1:])]),
               "quick": args.quick, "plan": asdict(plan), "machine": machine(), "runs": runs,
+              "pgbouncer": {"version": pgbouncer.version(), "mode": args.pgbouncer, "pool": args.pgbouncer_pool} if args.pgbouncer else None,
               "max_connections": _max_connections(server) if plan.postgres else None}
     print(table(runs))
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
