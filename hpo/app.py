@@ -1,8 +1,9 @@
-"""What each command does, as typed functions over frozen option dataclasses.
+"""What the training commands do, as typed functions over frozen option dataclasses: optimize, evaluate.
 
 The CLI parses flags into these options, calls one function and prints what it returns; the
-benchmarks and tests call the same functions. Modules that need torch are imported inside the
-functions that train, so `hpo studies`, `report` and `export` start without it.
+benchmarks and tests call the same functions (hpo.pool runs several optimize workers, and
+hpo.reading holds the read-only commands). Modules that need torch are imported inside the
+functions that train, so the CLI starts without it.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HpoError
-from hpo.pin import PIN_KEY
 from hpo.results import is_multi_objective, load_existing_study, pick_trial, scores
 from hpo.spec import StudySpec, load_spec
 from hpo.storage import (
     DEFAULT_RETRIES,
     DEFAULT_STORAGE,
     check_storage_url,
-    open_existing_storage,
     open_storage,
 )
 
@@ -54,25 +53,30 @@ class OptimizeOptions:
     verbose: bool = False
     allow_space_change: bool = False
     precision: str = "float32"  # or bfloat16 / auto (bfloat16 where the CPU has it natively)
+    jobs: int = 1  # worker processes: hpo.pool runs several, each through optimize() with jobs=1
 
 
 class OptimizeEvents(Protocol):
     """What a caller is told while a study runs (the CLI draws a progress bar from it)."""
 
+    def notice(self, line: str) -> None: ...
     def started(self, study: optuna.Study, target: int) -> None: ...
-    def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None: ...
+    def trial_finished(self, study: optuna.Study, trial: FrozenTrial | None) -> None: ...
     def stopped(self) -> None: ...
     def confirmed(self, trial: FrozenTrial, value: float) -> None: ...
     def confirm_failed(self, trial: FrozenTrial, reason: str) -> None: ...
 
 
 class Silent:
-    """Events nobody watches (benchmarks, worker processes of --jobs)."""
+    """Events nobody watches (benchmarks)."""
+
+    def notice(self, line: str) -> None:
+        pass
 
     def started(self, study: optuna.Study, target: int) -> None:
         pass
 
-    def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def trial_finished(self, study: optuna.Study, trial: FrozenTrial | None) -> None:
         pass
 
     def stopped(self) -> None:
@@ -91,6 +95,7 @@ class OptimizeResult:
     recommended: FrozenTrial | None  # single objective: the trial to test; None before any completes
     second_score: float | None  # its CV accuracy on the second draw, when confirmed
     pareto: list[FrozenTrial] = field(default_factory=list)  # several objectives: the front
+    failed_workers: list[str] = field(default_factory=list)  # --jobs: one line per worker that failed
 
 
 def check_optimize(options: OptimizeOptions) -> StudySpec:
@@ -130,7 +135,6 @@ def optimize(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
 
     from hpo.data import cv_pairs, resolve_data_dir
     from hpo.objective import Objective
-    from hpo.study import load_or_create
     from hpo.train import resolve_device, resolve_precision
     from hpo.worker import run_until
 
@@ -138,28 +142,44 @@ def optimize(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
     if options.threads:
         torch.set_num_threads(options.threads)
     device = resolve_device(options.device)
-    optuna.logging.set_verbosity(optuna.logging.INFO if options.verbose else optuna.logging.ERROR)
     data_dir = resolve_data_dir(options.data_dir)
     pairs = cv_pairs(data_dir, spec.train.train_pairs, spec.seed)
-    storage = open_storage(
-        options.storage, heartbeat_interval=options.heartbeat_interval, retries=options.retries,
-        connect_timeout=options.connect_timeout,
-    )
-    study = load_or_create(spec, storage, options.allow_space_change)
+    study, storage = open_study(options, spec, events.notice)
     events.started(study, options.trials)
     try:
         precision = resolve_precision(options.precision)
         run_until(study, Objective(spec, pairs, device, precision), options.trials, callbacks=[events.trial_finished], retries=options.retries)
     finally:
         events.stopped()
-    if options.confirm and not spec.multi_objective:
-        from hpo.confirm import confirm_leaders
-
-        confirm_leaders(study, spec, data_dir, options.confirm, device, events, storage=storage, precision=options.precision)
-    return result_of(study)
+    confirm(options, spec, study, storage, events)
+    return optimize_result(study)
 
 
-def result_of(study: optuna.Study) -> OptimizeResult:
+def confirm(options: OptimizeOptions, spec: StudySpec, study: optuna.Study, storage: Any, events: OptimizeEvents) -> None:
+    """Re-score the leaders on a second draw of pairs (hpo.confirm), unless turned off."""
+    if not options.confirm or spec.multi_objective:
+        return
+    from hpo.confirm import confirm_leaders
+    from hpo.data import resolve_data_dir
+    from hpo.train import resolve_device
+
+    data_dir, device = resolve_data_dir(options.data_dir), resolve_device(options.device)
+    confirm_leaders(study, spec, data_dir, options.confirm, device, events, storage=storage, precision=options.precision)
+
+
+def open_study(options: OptimizeOptions, spec: StudySpec, notify: Any) -> tuple[optuna.Study, Any]:
+    """The study store opened for a worker (waiting out outages) and the study, created or checked."""
+    from hpo.study import load_or_create
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if options.verbose else optuna.logging.ERROR)
+    storage = open_storage(
+        options.storage, heartbeat_interval=options.heartbeat_interval, retries=options.retries,
+        connect_timeout=options.connect_timeout, notify=notify,
+    )
+    return load_or_create(spec, storage, options.allow_space_change), storage
+
+
+def optimize_result(study: optuna.Study) -> OptimizeResult:
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return OptimizeResult(study, None, None)
     if is_multi_objective(study):
@@ -258,59 +278,3 @@ def evaluate(options: EvaluateOptions, events: EpochEvents | None = None) -> Eva
 
         save_evaluation(study, record)
     return EvaluateResult(label, params, result, record)
-
-
-@dataclass(frozen=True)
-class StudyRow:
-    name: str
-    counts: dict[str, int]  # trials by state name, plus "trials"
-    best: float | None
-    spec: str  # the spec it is pinned to: where it came from and its hash
-
-
-def list_studies(url: str) -> list[StudyRow]:
-    """The studies in a store with their trial counts and best values."""
-    storage = open_existing_storage(url)
-    rows = []
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
-        trials = optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False)
-        counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
-        best = s.best_trial.value if s.best_trial is not None else None
-        pin = s.user_attrs.get(PIN_KEY) or {}
-        spec = f"{Path(pin.get('source') or '?').name} {pin['hash'][:8]}" if "hash" in pin else "-"
-        rows.append(StudyRow(s.study_name, {"trials": len(trials), **counts}, best, spec))
-    return rows
-
-
-def report(study_name: str, url: str, out: Path) -> optuna.Study:
-    """Write the HTML report of a study to `out`; returns the study (for the cell table)."""
-    from hpo.outputs import check_out, write_out
-    from hpo.report import build_report
-
-    check_out(out)
-    study = load_existing_study(url, study_name)
-    write_out(out, build_report(study))
-    return study
-
-
-def export(study_name: str, url: str, fmt: str, out: Path | None) -> str | None:
-    """The study's trials as CSV or JSON: written to `out`, or returned when `out` is None."""
-    from hpo.export import FORMATS
-    from hpo.export import export as render
-    from hpo.outputs import check_out, write_out
-
-    if fmt not in FORMATS:
-        raise HpoError(f"--format must be csv or json; got '{fmt}'")
-    check_out(out)
-    text = render(load_existing_study(url, study_name), fmt)
-    if out is None:
-        return text
-    write_out(out, text)
-    return None
-
-
-def dashboard_app(url: str) -> Any:
-    """optuna-dashboard's WSGI app on an existing store."""
-    from optuna_dashboard import wsgi
-
-    return wsgi(open_existing_storage(url))

@@ -11,8 +11,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import typer
 
+from hpo import __version__, reading, views
 from hpo import app as application
-from hpo import views
 from hpo.errors import HpoError
 from hpo.storage import DEFAULT_STORAGE
 
@@ -22,14 +22,27 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        views.out.print(f"hpo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print hpo's version and exit.")] = False,
+) -> None:
+    """Automatic, shared hyperparameter search for twin CNNs on MNIST digit pairs."""
 T = TypeVar("T")
 
 StorageOpt = Annotated[
-    str, typer.Option("--storage", envvar="HPO_STORAGE", help="SQLAlchemy URL of the study store.")
+    str, typer.Option("--storage", envvar="HPO_STORAGE", help="SQLAlchemy URL of the study store (default: the SQLite file storage/hpo.db under the current folder; postgresql+psycopg://user:pass@host/db for many machines).")
 ]
 DataDirOpt = Annotated[
     Optional[Path],
-    typer.Option("--data-dir", envvar="HPO_DATA_DIR", help="Folder holding MNIST (downloaded there when absent) (default: data)."),
+    typer.Option("--data-dir", envvar="HPO_DATA_DIR", help="Folder holding MNIST, downloaded there once when absent (default: ~/.cache/hpo, or $XDG_CACHE_HOME/hpo)."),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu or cuda (auto picks CUDA when present).")]
 PrecisionOpt = Annotated[
@@ -77,7 +90,8 @@ def optimize(
     max_params: Annotated[Optional[int], typer.Option(help="Parameter budget per network, as an Optuna constraint (default: the spec's, else none).")] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "float32",
-    threads: Annotated[Optional[int], typer.Option(envvar="HPO_THREADS", help="Torch CPU threads for this worker (default: torch's).")] = None,
+    jobs: Annotated[str, typer.Option("--jobs", "-j", envvar="HPO_JOBS", help="Worker processes on this machine: auto (one per core, one torch thread each) or N.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option(envvar="HPO_THREADS", help="Torch CPU threads per worker (default: 1 with several workers, else torch's).")] = None,
     heartbeat_interval: Annotated[int, typer.Option(envvar="HPO_HEARTBEAT_INTERVAL", help="Seconds between a running trial's heartbeats; a trial silent for 3 intervals is failed and retried.")] = 10,
     retries: Annotated[int, typer.Option(envvar="HPO_RETRIES", help="How many times a failed (dead or stopped worker's) trial is re-run with the same parameters.")] = 2,
     connect_timeout: Annotated[float, typer.Option(envvar="HPO_CONNECT_TIMEOUT", help="Seconds to keep retrying a database server that is not reachable yet.")] = 120.0,
@@ -89,10 +103,12 @@ def optimize(
 
     Any number of workers started with the same command share the study.
     """
+    from hpo.pool import resolve_jobs, run_pool
     from hpo.worker import Interrupted, finished_trials, stop_signals_raise
 
+    workers, threads = checked(lambda: resolve_jobs(jobs, threads))
     options = application.OptimizeOptions(
-        trials=trials, spec=spec, study=study, storage=storage, data_dir=data_dir, seed=seed, folds=folds,
+        jobs=workers, trials=trials, spec=spec, study=study, storage=storage, data_dir=data_dir, seed=seed, folds=folds,
         epochs=epochs, sampler=sampler, pruner=pruner, enqueue_published=enqueue, max_params=max_params,
         device=device, threads=threads, heartbeat_interval=heartbeat_interval, retries=retries,
         connect_timeout=connect_timeout, confirm=confirm, verbose=verbose, allow_space_change=allow_space_change, precision=precision,
@@ -100,7 +116,7 @@ def optimize(
     progress = views.StudyProgress()
     try:
         with user_errors(), stop_signals_raise():
-            result = application.optimize(options, progress)
+            result = (run_pool if options.jobs > 1 else application.optimize)(options, progress)
     except Interrupted as exc:
         if progress.study is None:  # a signal before any trial ran: nothing to keep
             views.say(f"stopped by {exc}: no trial was running")
@@ -108,12 +124,23 @@ def optimize(
             views.say(views.interrupted_line(exc, progress.study.study_name, finished_trials(progress.study)))
         raise typer.Exit(128 + exc.signum) from None
     views.print_optimize(result)
+    if result.failed_workers:
+        views.say(f"{len(result.failed_workers)} of {jobs} workers failed: " + "; ".join(result.failed_workers))
+        raise typer.Exit(1)
+
+
+@app.command()
+def specs() -> None:
+    """List the built-in study specs (pass a name to --spec, or the path of your own TOML file)."""
+    from hpo.specs import builtin_specs
+
+    views.print_specs(builtin_specs())
 
 
 @app.command()
 def studies(storage: StorageOpt = DEFAULT_STORAGE) -> None:
     """List the studies in a storage with trial counts and best values."""
-    views.print_studies(storage, checked(lambda: application.list_studies(storage)))
+    views.print_studies(storage, checked(lambda: reading.list_studies(storage)))
 
 
 @app.command()
@@ -154,7 +181,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML report: Optuna's plots, our ablation summary, top trials, evaluation."""
     path = out_path or Path(f"{study}-report.html")
-    loaded = checked(lambda: application.report(study, storage, path))
+    loaded = checked(lambda: reading.report(study, storage, path))
     views.print_cells(loaded)
     views.out.print(f"wrote {path}")
 
@@ -167,7 +194,7 @@ def export(
     storage: StorageOpt = DEFAULT_STORAGE,
 ) -> None:
     """Write a study's trials (parameters, values, state, user attributes) as CSV or JSON."""
-    text = checked(lambda: application.export(study, storage, fmt, out_path))
+    text = checked(lambda: reading.export(study, storage, fmt, out_path))
     if text is not None:
         sys.stdout.write(text)
 
@@ -179,7 +206,7 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
 ) -> None:
     """Serve optuna-dashboard on the study store the other commands use (Ctrl-C stops it)."""
-    wsgi = checked(lambda: application.dashboard_app(storage))
+    wsgi = checked(lambda: reading.dashboard_app(storage))
     try:
         server = make_server(host, port, wsgi, handler_class=_QuietHandler)
     except OSError as exc:

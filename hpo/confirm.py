@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.claims import Claims, claims_for
 from hpo.data import Pairs, cv_pairs
 from hpo.errors import HpoError, first_line
+from hpo.experimental import experimental
 from hpo.objective import cross_validate, study_folds, trial_seeds
 from hpo.results import CONFIRMED_KEY, Recipe, confirmation_entries, recipe, scores
 from hpo.rng import derive_seed
@@ -98,6 +99,7 @@ def confirm_leaders(
     scores. A leader that diverges or fails on the second draw is recorded as failed and is
     not recommended. `start_at` is the leader to begin with (default: one picked by process id).
     """
+    _settle(study)
     todo = [t for t in leaders(study, top) if t.number not in confirmation_entries(study)]
     if not todo:
         return scores(study)
@@ -131,6 +133,21 @@ def confirm_leaders(
         if {"accuracy", "failed"} & set(entry) and f"{CONFIRMED_KEY}{number}" not in study.user_attrs:
             study.set_user_attr(f"{CONFIRMED_KEY}{number}", {k: entry[k] for k in ("accuracy", "failed") if k in entry})
     return scores(study)
+
+
+def _settle(study: optuna.Study) -> None:
+    """Wait while other workers finish the trials they hold, so that all pick the same leaders.
+
+    Workers reach the target together but finish their last trials apart; one of those may
+    lead. The wait is bounded like a claim (a dead worker's trial is failed as stale meanwhile).
+    """
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    longest = max((t.duration.total_seconds() for t in complete if t.duration is not None), default=0.0)
+    deadline = time.monotonic() + 3 * longest + 60
+    while time.monotonic() < deadline and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        with experimental():
+            optuna.storages.fail_stale_trials(study)
+        time.sleep(POLL_SECONDS)
 
 
 def _record(study: optuna.Study, claims: Claims, number: int, accuracy: float | None = None, failed: str | None = None) -> None:

@@ -13,12 +13,16 @@ from hpo.errors import HpoError, first_line
 from hpo.rng import generator
 
 DATA_DIR_ENV = "HPO_DATA_DIR"
-DEFAULT_DATA_DIR = "data"
+
+
+def default_data_dir() -> Path:
+    """The per-user cache MNIST is downloaded into once: $XDG_CACHE_HOME/hpo, else ~/.cache/hpo."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hpo"
 
 
 def resolve_data_dir(flag: str | Path | None) -> Path:
-    """--data-dir wins, then $HPO_DATA_DIR, then ./data."""
-    return Path(flag or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+    """--data-dir wins, then $HPO_DATA_DIR, then the per-user cache (so any folder shares one copy)."""
+    return Path(flag or os.environ.get(DATA_DIR_ENV) or default_data_dir())
 
 
 @dataclass(frozen=True)

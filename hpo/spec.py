@@ -11,16 +11,11 @@ Every check happens here, before anything touches storage, and fails with one Hp
 from __future__ import annotations
 
 import math
-import sys
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from hpo.errors import HpoError
 from hpo.params import PARAMS

@@ -16,7 +16,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from hpo.app import OptimizeResult, StudyRow
+from hpo.app import OptimizeResult
+from hpo.reading import StudyRow
 from hpo.results import fmt, is_multi_objective
 from hpo.worker import Interrupted, finished_trials
 
@@ -41,13 +42,16 @@ class StudyProgress:
         self.task: Any = None
         self.study: optuna.Study | None = None
 
+    def notice(self, line: str) -> None:
+        say(line)
+
     def started(self, study: optuna.Study, target: int) -> None:
         self.study = study
         done = min(finished_trials(study), target)
         self.task = self.progress.add_task(f"study {study.study_name}", total=target, completed=done, best=_best(study))
         self.progress.start()
 
-    def trial_finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
+    def trial_finished(self, study: optuna.Study, trial: FrozenTrial | None) -> None:
         self.progress.update(self.task, completed=finished_trials(study), best=_best(study))
 
     def stopped(self) -> None:
@@ -90,6 +94,9 @@ class EpochProgress:
 def interrupted_line(exc: Interrupted, study_name: str, finished: int) -> str:
     """What a stopped worker leaves behind, in one line."""
     line = f"interrupted by {exc}: study '{study_name}' keeps its {finished} finished trials"
+    if exc.trials:
+        held = ", ".join(f"#{t} queued for retry as #{r}" if r is not None else f"#{t} with no retries left" for t, r in exc.trials)
+        return line + f"; the running trials were marked FAIL ({held})"
     if exc.trial_number is None:
         return line + "; no trial was running"
     if exc.retry is None:
@@ -133,6 +140,15 @@ def print_pareto(study: optuna.Study, front: list[FrozenTrial]) -> None:
         table.add_column(f"{name} ({direction.name.lower()})", justify="right")
     for trial in front:
         table.add_row(str(trial.number), *(f"{v:.4g}" for v in trial.values))
+    out.print(table)
+
+
+def print_specs(specs: dict[str, str]) -> None:
+    table = Table(title="built-in specs (hpo optimize --spec NAME)")
+    table.add_column("name")
+    table.add_column("what it is")
+    for name, line in specs.items():
+        table.add_row(name, line)
     out.print(table)
 
 

@@ -185,6 +185,7 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
         self.trial_number: int | None = None
         self.retry: int | None = None
+        self.trials: list[tuple[int, int | None]] = []  # --jobs: each worker's (trial in hand, its retry)
 
 
 @contextmanager
@@ -243,6 +244,18 @@ class _SignalGuard:
 
     def installed(self) -> AbstractContextManager[None]:
         return _handling_stop_signals(self._handle)
+
+
+def fail_trials_of(study: optuna.Study, worker: str, retries: int) -> list[int]:
+    """Fail the RUNNING trials of a worker known to be dead and queue their retries."""
+    held = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.user_attrs.get("worker") == worker]
+    for trial in held:
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # it was told after all
+        queue_retry(study, trial.number, retries)
+    return [t.number for t in held]
 
 
 def queue_retry(study: optuna.Study, number: int, retries: int) -> int | None:

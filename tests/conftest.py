@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 from hpo.cli import app
 
 torch.set_num_threads(1)
+# One worker process per `hpo optimize` unless a test asks for --jobs: tests run the loop in-process.
+os.environ.setdefault("HPO_JOBS", "1")
 
 
 def _write_idx(path: Path, data: torch.Tensor, magic: int) -> None:

@@ -111,9 +111,13 @@ def test_missing_mnist_without_download_names_the_data_dir_flag(tmp_path) -> Non
         load_mnist(tmp_path / "empty", train=True, download=False)
 
 
-def test_data_dir_comes_from_flag_then_environment(monkeypatch) -> None:
+def test_data_dir_comes_from_flag_then_environment_then_the_per_user_cache(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("HPO_DATA_DIR", "/from/env")
     assert str(resolve_data_dir("/from/flag")) == "/from/flag"
     assert str(resolve_data_dir(None)) == "/from/env"
     monkeypatch.delenv("HPO_DATA_DIR")
-    assert str(resolve_data_dir(None)) == "data"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert resolve_data_dir(None) == tmp_path / "cache" / "hpo", "one download per user, whatever the folder"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_data_dir(None) == tmp_path / ".cache" / "hpo"

@@ -152,11 +152,14 @@ def test_ctrl_c_keeps_finished_trials_and_fails_the_running_one(write_spec, tmp_
             with engine.connect() as conn:
                 try:
                     done = conn.execute(sqlalchemy.text("select count(*) from trials where state = 'COMPLETE'")).scalar()
+                    # a trial in training (its worker attribute is set once it starts), not one being asked for
+                    training = conn.execute(sqlalchemy.text(
+                        "select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
+                        "where t.state = 'RUNNING' and a.key = 'worker'")).scalar()
                 except sqlalchemy.exc.OperationalError:
                     continue
-            if done >= 1:
+            if done >= 1 and training:
                 break
-    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr

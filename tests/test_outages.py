@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from test_workers import (
     FINISHED,
     finish,
+    message_lines,
     running_with_progress,
     start_worker,
     trials_of,
@@ -83,7 +84,7 @@ def test_a_result_whose_write_meets_the_outage_is_told_exactly_once(write_spec, 
     proc = start_worker(spec, postgres_url, 2, mnist_dir, "--confirm", 0)
     with server_left_running():
         # Both epochs reported and still RUNNING: the worker is in its pause, about to tell.
-        wait_for(postgres_url, "small", lambda ts: [t for t in ts if t.state == TrialState.RUNNING and len(t.intermediate_values) == 2], [proc])
+        wait_for(postgres_url, "small", lambda ts: [t for t in ts if t.state == TrialState.RUNNING and 2 in t.intermediate_values], [proc])
         pg("stop")
         time.sleep(6)  # the tell runs into the stopped server and waits
         pg("start")
@@ -121,7 +122,7 @@ def test_a_server_down_past_the_timeout_ends_the_worker_with_one_line_and_a_reru
         pg("stop")
         code, _, err = finish(proc, timeout=60)
     assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip() and "━" not in line]
+    lines = message_lines(err)
     assert lines[-1].startswith("error: the study store") and "did not come back within 3 s (--connect-timeout)" in lines[-1], err
     assert "Traceback" not in err
     done = {t.number for t in before if t.state in FINISHED}
@@ -146,7 +147,7 @@ def test_a_sqlite_write_that_fails_ends_the_worker_with_one_line_and_keeps_finis
                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
     code, _, err = finish(proc)
     assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip() and "━" not in line]
+    lines = message_lines(err)
     assert len(lines) == 1 and lines[0].startswith("error: the SQLite study store") and "failed a write" in lines[0], err
     with closing(sqlite3.connect(db)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -48,6 +48,11 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]
     return proc.returncode, out, err
 
 
+def message_lines(err: str) -> list[str]:
+    """A worker's stderr without its progress bar's lines."""
+    return [line for line in err.splitlines() if line.strip() and "━" not in line and not line.startswith("study ")]
+
+
 def trials_of(url: str, name: str) -> list[FrozenTrial]:
     return optuna.load_study(study_name=name, storage=url).get_trials()
 
@@ -72,9 +77,9 @@ def wait_for(url: str, name: str, condition: Callable[[list[FrozenTrial]], bool]
 
 
 def running_with_progress(trials: list[FrozenTrial], worker: str | None = None) -> list[FrozenTrial]:
-    """Trials in the middle of training: RUNNING, past the first epoch (heartbeats flowing)."""
-    return [t for t in trials if t.state == TrialState.RUNNING and t.intermediate_values
-            and (worker is None or t.user_attrs.get("worker", "").endswith(f":{worker}"))]
+    """Trials in the middle of training: RUNNING and started by their worker (heartbeats flowing)."""
+    return [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs
+            and (worker is None or t.user_attrs["worker"].endswith(f":{worker}"))]
 
 
 def test_three_workers_share_a_nine_trial_study(write_spec, postgres_url, mnist_dir) -> None:

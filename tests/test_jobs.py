@@ -1,0 +1,76 @@
+"""`hpo optimize --jobs N`: one command, N real worker processes on one study."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+import pytest
+from optuna.trial import TrialState
+from test_bad_input import one_error_line
+from test_workers import (
+    FINISHED,
+    finish,
+    message_lines,
+    running_with_progress,
+    start_worker,
+    trials_of,
+    wait_for,
+)
+
+
+def _jobs(spec, url, trials, mnist_dir, *extra):  # type: ignore[no-untyped-def]
+    return start_worker(spec, url, trials, mnist_dir, "--jobs", 2, *extra)
+
+
+def test_two_jobs_share_one_study_with_one_progress_bar_and_confirm_each_leader_once(write_spec, sqlite_url, mnist_dir) -> None:
+    spec = write_spec(epochs=15, pruner="none")  # trials long enough for both workers to take some
+    code, out, err = finish(_jobs(spec, sqlite_url, 8, mnist_dir, "--confirm", 2))
+    assert code == 0, err
+    trials = trials_of(sqlite_url, "small")
+    assert 8 <= sum(t.state in FINISHED for t in trials) <= 9 and len(trials) == sum(t.state in FINISHED for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2, "two worker processes trained the trials"
+    assert err.count("study small") >= 1 and "worker 1" not in err, "one progress bar, no per-worker noise"
+    confirmed = re.findall(r"^confirmed trial #(\d+):", err, re.M)
+    assert len(confirmed) == 2 and len(set(confirmed)) == 2, "each leader confirmed once, by one worker"
+    assert "recommended trial of study 'small'" in out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_stops_every_worker_with_one_summary_line(signum, write_spec, sqlite_url, mnist_dir) -> None:
+    spec = write_spec(epochs=30, pruner="none")
+    proc = _jobs(spec, sqlite_url, 100, mnist_dir, "--confirm", 0)
+    wait_for(sqlite_url, "small", lambda ts: len(running_with_progress(ts)) == 2, [proc])
+    proc.send_signal(signum)
+    code, _, err = finish(proc, timeout=60)
+    assert code == 128 + signum, err
+    assert "Traceback" not in err
+    lines = message_lines(err)
+    assert len(lines) == 1 and lines[0].startswith(f"interrupted by {signal.Signals(signum).name}: study 'small' keeps its"), err
+    trials = trials_of(sqlite_url, "small")
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(failed) == 2 and len(waiting) == 2, "each worker's trial in hand failed and queued for retry"
+    assert all(f"#{t.number} queued for retry as #" in lines[0] for t in failed)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def test_a_worker_that_crashes_is_reported_in_one_line_and_the_other_finishes(write_spec, sqlite_url, mnist_dir) -> None:
+    spec = write_spec(epochs=8, pruner="none")
+    proc = _jobs(spec, sqlite_url, 8, mnist_dir, "--heartbeat-interval", 1, "--confirm", 0)
+    running = wait_for(sqlite_url, "small", lambda ts: running_with_progress(ts), [proc])
+    victim = int(running_with_progress(running)[0].user_attrs["worker"].rsplit(":", 1)[1])
+    os.kill(victim, signal.SIGKILL)
+    code, out, err = finish(proc)
+    assert code == 1, err
+    assert re.search(rf"worker \d \(pid {victim}\) crashed: killed by SIGKILL; the other workers go on", err), err
+    assert "recommended trial of study" in out, "the survivor finished the study"
+    trials = trials_of(sqlite_url, "small")
+    assert sum(t.state in FINISHED for t in trials) >= 8
+    assert not [t for t in trials if t.state == TrialState.RUNNING], "the dead worker's trial was failed and retried"
+
+
+@pytest.mark.parametrize("value,message", [("0", "between 1 and"), ("many", "auto or a number"), ("1000", "between 1 and")])
+def test_bad_jobs_is_one_line(cli, value, message) -> None:
+    assert message in one_error_line(cli("optimize", "--jobs", value))
