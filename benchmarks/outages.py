@@ -57,7 +57,8 @@ def pg(action: str) -> None:
 def admin(sql: str, **params: Any) -> Any:
     engine = sqlalchemy.create_engine(SERVER, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.NullPool)
     with engine.connect() as conn:
-        return conn.execute(sqlalchemy.text(sql), params).scalar()
+        result = conn.execute(sqlalchemy.text(sql), params)
+        return result.scalar() if result.returns_rows else None
 
 
 def running(url: str) -> int:
