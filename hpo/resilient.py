@@ -133,7 +133,7 @@ class Outage:
                 self.since = None
 
 
-def _stderr(line: str) -> None:
+def stderr_line(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
@@ -142,8 +142,8 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
 
     outage: Outage
 
-    def watch(self, where: str, timeout: float, sqlite: bool, notify: Notify | None = None) -> ResilientRDBStorage:
-        self.outage = Outage(where, timeout, sqlite, notify or _stderr)
+    def watch(self, outage: Outage) -> ResilientRDBStorage:
+        self.outage = outage
         return self
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:

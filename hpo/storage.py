@@ -21,7 +21,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from hpo.errors import HpoError, first_line
 from hpo.experimental import experimental
-from hpo.resilient import Notify, ResilientRDBStorage
+from hpo.resilient import Notify, Outage, ResilientRDBStorage, stderr_line
 
 DEFAULT_STORAGE = "sqlite:///storage/hpo.db"
 DEFAULT_RETRIES = 2
@@ -88,8 +88,16 @@ def open_storage(
                     "grace_period": 3 * heartbeat_interval,
                     "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=retries),
                 }
-            storage = retry_init_race(lambda: ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat))
-        return storage.watch(shown, connect_timeout, parsed.get_backend_name() == "sqlite", notify)
+            sqlite = parsed.get_backend_name() == "sqlite"
+            outage = Outage(shown, connect_timeout, sqlite, notify or stderr_line)
+
+            def create() -> ResilientRDBStorage:
+                return retry_init_race(lambda: ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat))
+
+            # A server that goes away while the schema is checked is waited for like any other
+            # call (SQLite's errors here are about the file, and say so below).
+            storage = create() if sqlite else outage.call(create)
+        return storage.watch(outage)
     except OSError as exc:
         raise HpoError(f"cannot open storage '{shown}': {exc.strerror or exc}") from None
     except sqlalchemy.exc.OperationalError as exc:
