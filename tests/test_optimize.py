@@ -152,10 +152,10 @@ def test_ctrl_c_keeps_finished_trials_and_fails_the_running_one(write_spec, tmp_
             with engine.connect() as conn:
                 try:
                     done = conn.execute(sqlalchemy.text("select count(*) from trials where state = 'COMPLETE'")).scalar()
-                    # a trial in training (its worker attribute is set once it starts), not one being asked for
+                    # a trial in training (n_params is stored once every parameter is sampled), not one being asked for
                     training = conn.execute(sqlalchemy.text(
                         "select count(*) from trials t join trial_user_attributes a on a.trial_id = t.trial_id "
-                        "where t.state = 'RUNNING' and a.key = 'worker'")).scalar()
+                        "where t.state = 'RUNNING' and a.key = 'n_params'")).scalar()
                 except sqlalchemy.exc.OperationalError:
                     continue
             if done >= 1 and training:

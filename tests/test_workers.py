@@ -77,8 +77,8 @@ def wait_for(url: str, name: str, condition: Callable[[list[FrozenTrial]], bool]
 
 
 def running_with_progress(trials: list[FrozenTrial], worker: str | None = None) -> list[FrozenTrial]:
-    """Trials in the middle of training: RUNNING and started by their worker (heartbeats flowing)."""
-    return [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs
+    """Trials in training: RUNNING, every parameter sampled (n_params is stored just before training)."""
+    return [t for t in trials if t.state == TrialState.RUNNING and "n_params" in t.user_attrs
             and (worker is None or t.user_attrs["worker"].endswith(f":{worker}"))]
 
 
