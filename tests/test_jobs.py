@@ -51,7 +51,8 @@ def test_a_stop_signal_stops_every_worker_with_one_summary_line(signum, write_sp
     trials = trials_of(sqlite_url, "small")
     failed = [t for t in trials if t.state == TrialState.FAIL]
     waiting = [t for t in trials if t.state == TrialState.WAITING]
-    assert len(failed) == 2 and len(waiting) == 2, "each worker's trial in hand failed and queued for retry"
+    # Each worker's trial in hand (a worker between two trials holds none) failed and queued for retry.
+    assert 1 <= len(failed) == len(waiting) <= 2, [t.state for t in trials]
     assert all(f"#{t.number} queued for retry as #" in lines[0] for t in failed)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
