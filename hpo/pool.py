@@ -38,6 +38,7 @@ from hpo.app import (
     optimize_result,
 )
 from hpo.errors import HpoError, first_line
+from hpo.results import confirmation_entries
 from hpo.worker import Interrupted, fail_trials_of, stop_signals_raise
 
 POLL_SECONDS = 0.5
@@ -81,9 +82,10 @@ def run_pool(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
     """app.optimize for options.jobs > 1: start the workers, watch them, return the study's result."""
     spec = check_optimize(options)
     study, storage = open_study(options, spec, events.notice)
-    # Leaders are confirmed once all workers are done, so that a last trial that finishes
-    # late and leads is among them.
-    child = replace(options, jobs=1, confirm=0)
+    reported = set(confirmation_entries(study))  # confirmed before this run: not said again
+    # Workers confirm the leaders side by side at one thread each, every leader claimed by one
+    # of them (hpo.confirm waits for the trials others still hold, so all pick the same ones).
+    child = replace(options, jobs=1)
     payload = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(child).items()})
     workers = [Worker(i, _start(i, payload)) for i in range(1, options.jobs + 1)]
     events.started(study, options.trials)
@@ -106,13 +108,27 @@ def run_pool(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
         exc.trials = [(r["trial"], r["retry"]) for r in stopped if r["trial"] is not None]
         raise exc
     failed = [w for w in workers if w.report is None or w.report["status"] != "done"]
-    if len(failed) < len(workers):
+    _report_confirmed(study, reported, events)
+    if failed and len(failed) < len(workers):
         import torch
 
-        torch.set_num_threads(options.jobs * (options.threads or 1))  # the workers' cores, now free
+        # Leaders a failed worker left unscored: the parent scores them on the freed cores.
+        torch.set_num_threads(options.jobs * (options.threads or 1))
         with stop_signals_raise():
             confirm(options, spec, study, storage, events)
     return replace(optimize_result(study), failed_workers=[_failure(w) for w in failed])
+
+
+def _report_confirmed(study: optuna.Study, reported: set[int], events: OptimizeEvents) -> None:
+    """Say each leader the workers scored, best first, as a lone worker says its own."""
+    entries = confirmation_entries(study)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for number in sorted(set(entries) - reported, key=lambda n: -(trials[n].value or 0.0)):
+        entry = entries[number]
+        if "accuracy" in entry:
+            events.confirmed(trials[number], entry["accuracy"])
+        else:
+            events.confirm_failed(trials[number], entry["failed"])
 
 
 def _start(index: int, payload: str) -> subprocess.Popen[str]:
