@@ -50,7 +50,8 @@ from hpo.model import TwinNet  # noqa: E402
 from hpo.objective import Objective, trial_seeds  # noqa: E402
 from hpo.params import TwinConfig, configs  # noqa: E402
 from hpo.rng import generator  # noqa: E402
-from hpo.spec import Fixed, StudySpec, load_spec  # noqa: E402
+from hpo.space import Fixed  # noqa: E402
+from hpo.spec import StudySpec, load_spec  # noqa: E402
 from hpo.train import native_bfloat16, train_members  # noqa: E402
 
 DEFAULT_SPEC = ROOT / "hpo" / "specs" / "twin.toml"  # the built-in default spec

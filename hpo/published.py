@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hpo.spec import Choice, Fixed, FloatRange, IntRange, Param, StudySpec
+from hpo.space import Choice, Fixed, FloatRange, IntRange, Param
+from hpo.spec import StudySpec
 
 
 @dataclass(frozen=True)

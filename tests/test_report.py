@@ -16,7 +16,8 @@ from hpo.params import configs
 from hpo.report import ablation_cells, build_report
 from hpo.results import confirmed_best
 from hpo.rng import generator
-from hpo.spec import Choice, Fixed, load_spec, parse_spec
+from hpo.space import Choice, Fixed
+from hpo.spec import load_spec, parse_spec
 from hpo.train import train_members
 
 REPO = Path(__file__).resolve().parent.parent

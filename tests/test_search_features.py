@@ -5,7 +5,8 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.published import PUBLISHED, fit_to_space
-from hpo.spec import Choice, Fixed, FloatRange, IntRange, load_spec, parse_spec
+from hpo.space import Choice, Fixed, FloatRange, IntRange
+from hpo.spec import load_spec, parse_spec
 
 
 def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:

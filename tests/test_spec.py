@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from hpo.errors import HpoError
-from hpo.spec import Choice, Fixed, FloatRange, IntRange, load_spec, parse_spec
+from hpo.space import Choice, Fixed, FloatRange, IntRange
+from hpo.spec import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SEVEN = {"weight_sharing", "aux_weight", "dropout", "batch_norm", "lr", "beta1", "weight_decay"}
