@@ -485,15 +485,16 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name and its bfloat16 flags, as lscpu reads them from /proc/cpuinfo."""
+    """The CPU's model name, its widest vector unit and its bfloat16 flags, as lscpu reads them from /proc/cpuinfo."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine()
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), platform.machine())
     flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    simd = next((f for f in ("avx512f", "avx2") if f in flags), "no AVX2")
     bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    return f"{name} ({', '.join(bf16) or 'no bfloat16 flags'})"
+    return f"{name} ({simd}; {', '.join(bf16) or 'no bfloat16 flags'})"
 
 
 def environment(threads: list[int]) -> dict[str, Any]:

@@ -28,6 +28,9 @@ import optuna
 from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench import cpu_model  # noqa: E402
 
 
 def run(jobs: str, trials: int, confirm: int, folder: Path, data_dir: str | None) -> dict[str, Any]:
@@ -38,6 +41,7 @@ def run(jobs: str, trials: int, confirm: int, folder: Path, data_dir: str | None
         argv += ["--data-dir", data_dir]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("HPO_JOBS", None)
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=folder)
     wall = time.perf_counter() - start
@@ -56,6 +60,7 @@ def run(jobs: str, trials: int, confirm: int, folder: Path, data_dir: str | None
         "pruned": sum(t.state == TrialState.PRUNED for t in finished),
         "trials_per_min": round(len(finished) / search_min, 2),
         "best_cv": round(study.best_value, 4),
+        "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(json.dumps(runs[-1]), flush=True)
     med = {j: {k: statistics.median(r[k] for r in runs if r["jobs"] == j) for k in ("wall_min", "trials_per_min")} for j in ("1", "auto")}
     result = {
-        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
         "trials": args.trials,
         "runs": runs,
         "throughput_ratio": round(med["auto"]["trials_per_min"] / med["1"]["trials_per_min"], 3),
@@ -89,13 +94,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result
-
-
-def _cpu() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 if __name__ == "__main__":
