@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench  # noqa: E402
+import levers  # noqa: E402
 
 
 @pytest.mark.postgres
@@ -82,3 +83,22 @@ def test_benchmark_rejects_thread_counts_that_are_not_positive_whole_numbers(thr
         bench.main(["--quick", "--parts", "trial", "--threads", threads])
     assert exit_.value.code == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_levers_benchmark_checks_conv2_as_bmm_against_the_convolution_and_times_every_lever(mnist_dir, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("HPO_DATA_DIR", str(mnist_dir))
+    threads = torch.get_num_threads()
+    try:
+        result = levers.main(["--quick", "--json", str(tmp_path / "levers.json")])
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads((tmp_path / "levers.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert saved["conv2"]["onednn_ms"] > 0 and saved["conv2"]["im2col_bmm_ms"] > 0
+    assert set(saved["step"]) == {f"step_ms_at_{b}_pairs_per_member" for b in (1, 5, 25)}
+    assert abs(sum(saved["profile"]["share"].values()) - 1) < 1e-6 and saved["profile"]["share"]["convolution backward"] > 0
+    trial = saved["trial"]
+    # Every lever computes the same trial: the same CV accuracy to float32 rounding.
+    accuracies = list(trial["cv_accuracy"].values())
+    assert len(accuracies) == 3 and max(accuracies) - min(accuracies) < 0.01
+    assert trial["lean_adam_over_as_is"] > 0 and trial["eval_chunk_200_over_as_is"] > 0

@@ -1,0 +1,272 @@
+"""Issue 14's levers, each measured on its own against today's code, side by side in one run.
+
+    python benchmarks/levers.py                    # every part, 1 thread, 3 repeats (about 5 minutes)
+    python benchmarks/levers.py --parts conv2,step --threads 2
+    python benchmarks/levers.py --quick            # every part tiny (the suite's smoke test)
+
+Parts:
+- `conv2`: the second convolution (5 members x 50 images, 32 -> 64 channels, 6x6 -> 4x4) forward
+  and backward as oneDNN's grouped convolution (what TwinNet runs) against im2col + `bmm`
+  (patches gathered once, the input gradient scattered back window by window); both checked
+  equal first.
+- `step`: one training step of the reference network (5 members) at 1, 5 and 25 pairs per
+  member: what a step costs that the batch does not pay for (dispatch, oneDNN set-up, Python).
+- `compile`: the same step with the network under `torch.compile` (inductor; dropout off in
+  both, as the compiled forward takes no generator): the first step's compile time, then
+  the step time against eager.
+- `profile`: 5 epochs of the reference trial under torch.profiler: each kind of operator's
+  share of the operators' time.
+- `trial`: the reference trial (bench.REFERENCE through hpo's Objective) as it is, with Adam
+  as one direct call of the fused kernel (no `Optimizer.step` bookkeeping), and with
+  validation in one chunk of 200 pairs per member instead of 50; interleaved repeats.
+Medians of `--repeats`; JSON to --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import FULL, REFERENCE, cpu_model, reference_spec  # noqa: E402
+
+import hpo.train  # noqa: E402
+from hpo.data import cv_pairs, resolve_data_dir  # noqa: E402
+from hpo.model import TwinNet  # noqa: E402
+from hpo.objective import Objective  # noqa: E402
+from hpo.params import configs  # noqa: E402
+from hpo.rng import generator  # noqa: E402
+from hpo.train import _loss  # noqa: E402
+
+K, C_IN, C_OUT = 5, 32, 64
+
+
+def median_ms(run: Callable[[], Any], repeats: int) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def conv2_part(images: int = 50, repeats: int = 40) -> dict[str, float]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(images, K * C_IN, 6, 6, generator=gen).contiguous(memory_format=torch.channels_last)
+    w = (0.1 * torch.randn(K * C_OUT, C_IN, 3, 3, generator=gen)).contiguous(memory_format=torch.channels_last)
+    b = torch.zeros(K * C_OUT)
+    g = torch.randn(images, K * C_OUT, 4, 4, generator=gen).contiguous(memory_format=torch.channels_last)
+
+    def onednn() -> tuple[torch.Tensor, ...]:
+        y = F.conv2d(x, w, b, groups=K)
+        grads = torch.ops.aten.convolution_backward(g, x, w, [K * C_OUT], [1, 1], [0, 0], [1, 1], False, [0, 0], K, [True, True, True])
+        return y, *grads
+
+    xs = x.permute(0, 2, 3, 1).reshape(images, 6, 6, K, C_IN)  # a view: channels-last memory
+    wm = w.view(K, C_OUT, C_IN, 3, 3).permute(0, 3, 4, 2, 1).reshape(K, 9 * C_IN, C_OUT).contiguous()
+    gm = g.permute(0, 2, 3, 1).reshape(images * 16, K, C_OUT).transpose(0, 1)
+
+    def im2col_bmm() -> tuple[torch.Tensor, ...]:
+        s = xs.stride()
+        patches = xs.as_strided((K, images, 4, 4, 3, 3, C_IN), (s[3], s[0], s[1], s[2], s[1], s[2], s[4]))
+        patches = patches.reshape(K, images * 16, 9 * C_IN)
+        y = torch.baddbmm(b.view(K, 1, C_OUT), patches, wm)
+        grad_w = torch.bmm(patches.transpose(1, 2), gm)
+        grad_p = torch.bmm(gm, wm.transpose(1, 2)).view(K, images, 4, 4, 3, 3, C_IN)
+        grad_x = torch.zeros(images, 6, 6, K, C_IN)
+        for kh in range(3):
+            for kw in range(3):
+                grad_x[:, kh : kh + 4, kw : kw + 4] += grad_p[:, :, :, :, kh, kw].permute(1, 2, 3, 0, 4)
+        return y, grad_x, grad_w, gm.sum(1)
+
+    y, gx, *_ = onednn()
+    y2, gx2, *_ = im2col_bmm()
+    same = torch.allclose(y.permute(0, 2, 3, 1).reshape(images * 16, K, C_OUT).transpose(0, 1), y2, atol=1e-4) and torch.allclose(
+        gx.permute(0, 2, 3, 1).reshape(images, 6, 6, K, C_IN), gx2, atol=1e-4
+    )
+    if not same:
+        raise SystemExit("im2col + bmm does not compute what the grouped convolution computes")
+    out = {"onednn_ms": median_ms(onednn, repeats), "im2col_bmm_ms": median_ms(im2col_bmm, repeats)}
+    out["im2col_bmm_over_onednn"] = out["im2col_bmm_ms"] / out["onednn_ms"]
+    return out
+
+
+def step_part(repeats: int = 200) -> dict[str, float]:
+    cfg, _ = configs(REFERENCE, 1, 25)
+    out = {}
+    for batch in (1, 5, 25):
+        model = TwinNet(cfg, K).init_([generator(s, "init") for s in range(K)])
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(K, batch, 2, 14, 14, generator=gen)
+        y, c = torch.randint(0, 2, (K, batch), generator=gen), torch.randint(0, 10, (K, batch, 2), generator=gen)
+
+        def step() -> None:
+            answer, digits = model(x, gen)
+            loss = _loss(answer, digits, y, c, 1.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        for _ in range(20):
+            step()
+        out[f"step_ms_at_{batch}_pairs_per_member"] = median_ms(step, repeats)
+    return out
+
+
+def compile_part(repeats: int = 100) -> dict[str, float]:
+    cfg, _ = configs(REFERENCE, 1, 25)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(K, 25, 2, 14, 14, generator=gen)
+    y, c = torch.randint(0, 2, (K, 25), generator=gen), torch.randint(0, 10, (K, 25, 2), generator=gen)
+    out = {}
+    for name in ("eager", "compiled"):
+        model = TwinNet(cfg, K).init_([generator(s, "init") for s in range(K)]).eval()
+        run = torch.compile(model) if name == "compiled" else model
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+
+        def step() -> None:
+            answer, digits = run(x)
+            loss = _loss(answer, digits, y, c, 1.0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        start = time.perf_counter()
+        step()
+        out[f"{name}_first_step_s"] = time.perf_counter() - start
+        out[f"{name}_step_ms"] = median_ms(step, repeats)
+    out["compiled_over_eager"] = out["compiled_step_ms"] / out["eager_step_ms"]
+    return out
+
+
+class LeanAdam:
+    """Adam as one call of torch's fused kernel per step, its tensor lists built once."""
+
+    def __init__(self, params: Any, lr: float, betas: tuple[float, float], weight_decay: float, fused: bool = True) -> None:
+        self.params = list(params)
+        self.param_groups = [{"lr": lr}]
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.steps = [torch.zeros(()) for _ in self.params]
+        self.beta1, self.beta2, self.weight_decay = betas[0], betas[1], weight_decay
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        torch._foreach_add_(self.steps, 1)
+        torch._fused_adam_(
+            self.params, [p.grad for p in self.params], self.exp_avg, self.exp_avg_sq, [], self.steps,
+            lr=self.param_groups[0]["lr"], beta1=self.beta1, beta2=self.beta2, weight_decay=self.weight_decay,
+            eps=1e-8, amsgrad=False, maximize=False,
+        )
+
+
+@contextlib.contextmanager
+def lever(name: str) -> Iterator[None]:
+    adam, chunk = torch.optim.Adam, hpo.train.EVAL_CHUNK
+    if name == "lean_adam":
+        torch.optim.Adam = LeanAdam  # type: ignore[misc, assignment]
+    elif name == "eval_chunk_200":
+        hpo.train.EVAL_CHUNK = 200
+    try:
+        yield
+    finally:
+        torch.optim.Adam, hpo.train.EVAL_CHUNK = adam, chunk  # type: ignore[misc]
+
+
+def trial_part(repeats: int, epochs: int = FULL.epochs) -> dict[str, Any]:
+    spec = reference_spec(replace(FULL, epochs=epochs))
+    pairs = cv_pairs(resolve_data_dir(None), spec.train.train_pairs, spec.seed)
+    objective = Objective(spec, pairs, torch.device("cpu"))
+    fixed = optuna.trial.FixedTrial(REFERENCE)
+    names = ("as_is", "lean_adam", "eval_chunk_200")
+    times: dict[str, list[float]] = {n: [] for n in names}
+    accuracy: dict[str, float] = {}
+    for _ in range(repeats):
+        for name in names:
+            with lever(name):
+                start = time.perf_counter()
+                accuracy[name] = objective(fixed)
+                times[name].append(time.perf_counter() - start)
+    out: dict[str, Any] = {f"{n}_s": statistics.median(t) for n, t in times.items()}
+    out.update({f"{n}_runs_s": t for n, t in times.items()}, cv_accuracy=accuracy)
+    out.update({f"{n}_over_as_is": out[f"{n}_s"] / out["as_is_s"] for n in names[1:]})
+    return out
+
+
+KINDS = {  # operator name fragments -> the kind reported
+    "convolution_backward": "convolution backward",
+    "mkldnn_convolution": "convolution forward",
+    "max_pool2d": "max-pooling",
+    "bmm": "batched products",
+    "adam": "Adam",
+    "fill_": "zero-fills",
+}
+
+
+def profile_part(epochs: int = 5) -> dict[str, Any]:
+    from torch.profiler import ProfilerActivity, profile
+
+    spec = reference_spec(replace(FULL, epochs=epochs))
+    pairs = cv_pairs(resolve_data_dir(None), spec.train.train_pairs, spec.seed)
+    objective = Objective(spec, pairs, torch.device("cpu"))
+    fixed = optuna.trial.FixedTrial(REFERENCE)
+    objective(fixed)
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        objective(fixed)
+    wall = time.perf_counter() - start
+    shares: dict[str, float] = {}
+    total = 0.0
+    for event in prof.key_averages():
+        total += event.self_cpu_time_total
+        kind = next((k for frag, k in KINDS.items() if frag in event.key.lower()), "other operators")
+        shares[kind] = shares.get(kind, 0.0) + event.self_cpu_time_total
+    return {"epochs": epochs, "wall_s_profiled": wall, "operators_s": total / 1e6, "share": {k: v / total for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="conv2,step,profile,trial")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3, help="whole trials per lever (the micro-benchmarks take many more)")
+    ap.add_argument("--quick", action="store_true", help="a few repeats of each part and a 1-epoch trial")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result: dict[str, Any] = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__, "quick": args.quick}
+    micro = 3 if args.quick else None
+    parts = {
+        "conv2": lambda: conv2_part(repeats=micro or 40),
+        "step": lambda: step_part(repeats=micro or 200),
+        "profile": lambda: profile_part(1 if args.quick else 5),
+        "compile": lambda: compile_part(repeats=micro or 100),
+        "trial": lambda: trial_part(1 if args.quick else args.repeats, 1 if args.quick else FULL.epochs),
+    }
+    for name in args.parts.split(","):
+        result[name] = parts[name]()
+        print(name, json.dumps(result[name]), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
