@@ -5,7 +5,7 @@ worker loop as a lone `hpo optimize` with one torch thread (by default), so that
 cores train N trials at once. The parent creates the study first (one creator, one warm
 start), draws one progress bar from the store, forwards SIGINT and SIGTERM to every worker
 exactly once, and reports a worker that crashed in one line while the others go on. Leaders
-are confirmed by the workers themselves, each leader by one of them (hpo.claims).
+are confirmed by the parent once every worker has stopped, on all the cores.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from hpo.app import (
     optimize_result,
 )
 from hpo.errors import HpoError, first_line
-from hpo.results import confirmation_entries
 from hpo.worker import Interrupted, fail_trials_of, stop_signals_raise
 
 POLL_SECONDS = 0.5
@@ -82,10 +81,9 @@ def run_pool(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
     """app.optimize for options.jobs > 1: start the workers, watch them, return the study's result."""
     spec = check_optimize(options)
     study, storage = open_study(options, spec, events.notice)
-    reported = set(confirmation_entries(study))  # confirmed before this run: not said again
-    # Workers confirm the leaders side by side at one thread each, every leader claimed by one
-    # of them (hpo.confirm waits for the trials others still hold, so all pick the same ones).
-    child = replace(options, jobs=1)
+    # Leaders are confirmed once all workers are done: a worker that picked them while another
+    # was just asking for its last trial would miss that trial, should it lead.
+    child = replace(options, jobs=1, confirm=0)
     payload = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(child).items()})
     workers = [Worker(i, _start(i, payload)) for i in range(1, options.jobs + 1)]
     events.started(study, options.trials)
@@ -108,27 +106,13 @@ def run_pool(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
         exc.trials = [(r["trial"], r["retry"]) for r in stopped if r["trial"] is not None]
         raise exc
     failed = [w for w in workers if w.report is None or w.report["status"] != "done"]
-    _report_confirmed(study, reported, events)
-    if failed and len(failed) < len(workers):
+    if len(failed) < len(workers):
         import torch
 
-        # Leaders a failed worker left unscored: the parent scores them on the freed cores.
-        torch.set_num_threads(options.jobs * (options.threads or 1))
+        torch.set_num_threads(options.jobs * (options.threads or 1))  # the workers' cores, now free
         with stop_signals_raise():
             confirm(options, spec, study, storage, events)
     return replace(optimize_result(study), failed_workers=[_failure(w) for w in failed])
-
-
-def _report_confirmed(study: optuna.Study, reported: set[int], events: OptimizeEvents) -> None:
-    """Say each leader the workers scored, best first, as a lone worker says its own."""
-    entries = confirmation_entries(study)
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    for number in sorted(set(entries) - reported, key=lambda n: -(trials[n].value or 0.0)):
-        entry = entries[number]
-        if "accuracy" in entry:
-            events.confirmed(trials[number], entry["accuracy"])
-        else:
-            events.confirm_failed(trials[number], entry["failed"])
 
 
 def _start(index: int, payload: str) -> subprocess.Popen[str]:
