@@ -139,15 +139,20 @@ def _settle(study: optuna.Study) -> None:
     """Wait while other workers finish the trials they hold, so that all pick the same leaders.
 
     Workers reach the target together but finish their last trials apart; one of those may
-    lead. The wait is bounded like a claim (a dead worker's trial is failed as stale meanwhile).
+    lead. No trial running must hold at two polls a second apart: a worker that counted the
+    trials just before this one reached the target creates its last trial within that second.
+    The wait is bounded like a claim (a dead worker's trial is failed as stale meanwhile).
     """
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     longest = max((t.duration.total_seconds() for t in complete if t.duration is not None), default=0.0)
     deadline = time.monotonic() + 3 * longest + 60
-    while time.monotonic() < deadline and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        with experimental():
-            optuna.storages.fail_stale_trials(study)
-        time.sleep(POLL_SECONDS)
+    quiet = 0
+    while time.monotonic() < deadline and quiet < 2:
+        quiet = 0 if study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) else quiet + 1
+        if quiet < 2:
+            with experimental():
+                optuna.storages.fail_stale_trials(study)
+            time.sleep(POLL_SECONDS)
 
 
 def _record(study: optuna.Study, claims: Claims, number: int, accuracy: float | None = None, failed: str | None = None) -> None:

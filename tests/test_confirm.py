@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from test_workers import finish, start_worker
 
 from hpo.claims import TableClaims, confirmations
-from hpo.confirm import confirm_leaders, confirm_seed
+from hpo.confirm import _settle, confirm_leaders, confirm_seed, leaders
 from hpo.data import cv_pairs
 from hpo.results import LEGACY_CONFIRMED as LEGACY
 from hpo.results import confirmed_best, pick_trial, scores
@@ -190,6 +190,28 @@ def test_only_one_of_many_racing_claims_wins(backend, tmp_path, request) -> None
     with ThreadPoolExecutor(len(claims)) as pool:
         won = list(pool.map(race, range(len(claims))))
     assert won.count(True) == 1
+
+
+def test_leaders_wait_for_a_trial_another_worker_starts_just_after_the_target_is_reached(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'settle.db'}"
+    study = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    study.add_trial(create_trial(value=0.5))
+
+    def other_worker() -> None:
+        # It counted the trials just before the target was reached and starts its last one now,
+        # after this worker's first look found nothing running.
+        mine = optuna.load_study(study_name="s", storage=url)
+        time.sleep(0.3)
+        trial = mine.ask()
+        time.sleep(0.4)
+        mine.tell(trial, 0.9)
+
+    other = threading.Thread(target=other_worker)
+    other.start()
+    _settle(study)
+    picked = [t.value for t in leaders(study, 1)]
+    other.join()
+    assert picked == [0.9], "the late trial leads and was waited for"
 
 
 def _confirmed_lines(outputs: list[str]) -> dict[int, int]:
