@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import FULL, REFERENCE, cpu_model, reference_spec  # noqa: E402
+from bench import FULL, REFERENCE, cpu_model, median_of, reference_spec  # noqa: E402
 
 import hpo.train  # noqa: E402
 from hpo.data import cv_pairs, resolve_data_dir  # noqa: E402
@@ -55,13 +55,9 @@ K, C_IN, C_OUT = 5, 32, 64
 
 
 def median_ms(run: Callable[[], Any], repeats: int) -> float:
+    """bench.median_of in milliseconds, after one warm-up call (oneDNN picks its kernels)."""
     run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_of(repeats, run)[0]
 
 
 def conv2_part(images: int = 50, repeats: int = 40) -> dict[str, float]:
@@ -105,23 +101,34 @@ def conv2_part(images: int = 50, repeats: int = 40) -> dict[str, float]:
     return out
 
 
-def step_part(repeats: int = 200) -> dict[str, float]:
+def reference_step(batch: int, dropout: bool = True, compiled: bool = False) -> Callable[[], None]:
+    """One training step of the reference network with K members on a fixed random batch.
+
+    Without dropout the network runs in eval mode and takes no generator: what a compiled
+    forward accepts, so compiled and eager steps compare like for like.
+    """
     cfg, _ = configs(REFERENCE, 1, 25)
+    model = TwinNet(cfg, K).init_([generator(s, "init") for s in range(K)]).train(dropout)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(K, batch, 2, 14, 14, generator=gen)
+    y, c = torch.randint(0, 2, (K, batch), generator=gen), torch.randint(0, 10, (K, batch, 2), generator=gen)
+    forward = torch.compile(model) if compiled else model
+
+    def step() -> None:
+        answer, digits = forward(x, gen) if dropout else forward(x)
+        loss = _loss(answer, digits, y, c, 1.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def step_part(repeats: int = 200) -> dict[str, float]:
     out = {}
     for batch in (1, 5, 25):
-        model = TwinNet(cfg, K).init_([generator(s, "init") for s in range(K)])
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(K, batch, 2, 14, 14, generator=gen)
-        y, c = torch.randint(0, 2, (K, batch), generator=gen), torch.randint(0, 10, (K, batch, 2), generator=gen)
-
-        def step() -> None:
-            answer, digits = model(x, gen)
-            loss = _loss(answer, digits, y, c, 1.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
+        step = reference_step(batch)
         for _ in range(20):
             step()
         out[f"step_ms_at_{batch}_pairs_per_member"] = median_ms(step, repeats)
@@ -129,23 +136,9 @@ def step_part(repeats: int = 200) -> dict[str, float]:
 
 
 def compile_part(repeats: int = 100) -> dict[str, float]:
-    cfg, _ = configs(REFERENCE, 1, 25)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(K, 25, 2, 14, 14, generator=gen)
-    y, c = torch.randint(0, 2, (K, 25), generator=gen), torch.randint(0, 10, (K, 25, 2), generator=gen)
     out = {}
     for name in ("eager", "compiled"):
-        model = TwinNet(cfg, K).init_([generator(s, "init") for s in range(K)]).eval()
-        run = torch.compile(model) if name == "compiled" else model
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-
-        def step() -> None:
-            answer, digits = run(x)
-            loss = _loss(answer, digits, y, c, 1.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
+        step = reference_step(25, dropout=False, compiled=name == "compiled")
         start = time.perf_counter()
         step()
         out[f"{name}_first_step_s"] = time.perf_counter() - start
@@ -191,11 +184,17 @@ def lever(name: str) -> Iterator[None]:
         torch.optim.Adam, hpo.train.EVAL_CHUNK = adam, chunk  # type: ignore[misc]
 
 
-def trial_part(repeats: int, epochs: int = FULL.epochs) -> dict[str, Any]:
+def reference_trial(epochs: int) -> Callable[[], float]:
+    """The reference trial through hpo's Objective on the MNIST pairs of HPO_DATA_DIR."""
     spec = reference_spec(replace(FULL, epochs=epochs))
     pairs = cv_pairs(resolve_data_dir(None), spec.train.train_pairs, spec.seed)
     objective = Objective(spec, pairs, torch.device("cpu"))
     fixed = optuna.trial.FixedTrial(REFERENCE)
+    return lambda: objective(fixed)
+
+
+def trial_part(repeats: int, epochs: int = FULL.epochs) -> dict[str, Any]:
+    trial = reference_trial(epochs)
     names = ("as_is", "lean_adam", "eval_chunk_200")
     times: dict[str, list[float]] = {n: [] for n in names}
     accuracy: dict[str, float] = {}
@@ -203,7 +202,7 @@ def trial_part(repeats: int, epochs: int = FULL.epochs) -> dict[str, Any]:
         for name in names:
             with lever(name):
                 start = time.perf_counter()
-                accuracy[name] = objective(fixed)
+                accuracy[name] = trial()
                 times[name].append(time.perf_counter() - start)
     out: dict[str, Any] = {f"{n}_s": statistics.median(t) for n, t in times.items()}
     out.update({f"{n}_runs_s": t for n, t in times.items()}, cv_accuracy=accuracy)
@@ -224,14 +223,11 @@ KINDS = {  # operator name fragments -> the kind reported
 def profile_part(epochs: int = 5) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
-    spec = reference_spec(replace(FULL, epochs=epochs))
-    pairs = cv_pairs(resolve_data_dir(None), spec.train.train_pairs, spec.seed)
-    objective = Objective(spec, pairs, torch.device("cpu"))
-    fixed = optuna.trial.FixedTrial(REFERENCE)
-    objective(fixed)
+    trial = reference_trial(epochs)
+    trial()
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        objective(fixed)
+        trial()
     wall = time.perf_counter() - start
     shares: dict[str, float] = {}
     total = 0.0
