@@ -125,7 +125,7 @@ def optimize(
         raise typer.Exit(128 + exc.signum) from None
     views.print_optimize(result)
     if result.failed_workers:
-        views.say(f"{len(result.failed_workers)} of {jobs} workers failed: " + "; ".join(result.failed_workers))
+        views.say(f"{len(result.failed_workers)} of {options.jobs} workers failed: " + "; ".join(result.failed_workers))
         raise typer.Exit(1)
 
 

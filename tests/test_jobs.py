@@ -66,6 +66,7 @@ def test_a_worker_that_crashes_is_reported_in_one_line_and_the_other_finishes(wr
     code, out, err = finish(proc)
     assert code == 1, err
     assert re.search(rf"worker \d \(pid {victim}\) crashed: killed by SIGKILL; the other workers go on", err), err
+    assert re.search(rf"^1 of 2 workers failed: worker \d \(pid {victim}\) crashed: killed by SIGKILL$", err, re.M), err
     assert "recommended trial of study" in out, "the survivor finished the study"
     trials = trials_of(sqlite_url, "small")
     assert sum(t.state in FINISHED for t in trials) >= 8
