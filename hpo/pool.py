@@ -54,16 +54,15 @@ def resolve_jobs(jobs: str, threads: int | None) -> tuple[int, int | None]:
     auto: one worker per core with one thread each, or cores // threads workers of --threads
     threads. A lone worker keeps torch's own thread count unless --threads says otherwise.
     """
-    limit = 4 * cores()
     if jobs.strip().lower() == "auto":
         n = max(1, cores() // (threads or 1))
-        return n, (threads or 1) if n > 1 else threads
-    try:
-        n = int(jobs)
-    except ValueError:
-        raise HpoError(f"--jobs must be auto or a number of worker processes; got '{jobs}'") from None
-    if not 1 <= n <= limit:
-        raise HpoError(f"--jobs must be between 1 and {limit} (4 x this machine's {cores()} cores) or auto; got {n}")
+    else:
+        try:
+            n = int(jobs)
+        except ValueError:
+            raise HpoError(f"--jobs must be auto or a number of worker processes; got '{jobs}'") from None
+        if not 1 <= n <= 4 * cores():
+            raise HpoError(f"--jobs must be between 1 and {4 * cores()} (4 x this machine's {cores()} cores) or auto; got {n}")
     return n, (threads or 1) if n > 1 else threads
 
 
