@@ -14,7 +14,7 @@ from hpo.model import TwinNet
 from hpo.params import configs
 from hpo.rng import derive_seed, generator
 from hpo.spec import StudySpec, TrainSettings
-from hpo.train import Diverged, EpochHook, TrainResult, train_members
+from hpo.train import Diverged, EpochHook, TrainResult, resolve_precision, train_members
 
 
 def trial_seeds(seed: int, trial_number: int, folds: int) -> list[int]:
@@ -67,7 +67,8 @@ class Objective:
     """
 
     def __init__(self, spec: StudySpec, pairs: Pairs, device: torch.device, precision: str = "float32") -> None:
-        self.spec, self.pairs, self.device, self.precision = spec, pairs, device, precision
+        self.spec, self.pairs, self.device = spec, pairs, device
+        self.precision = resolve_precision(precision)  # 'auto' resolved once, and recorded per trial
         self.folds: Folds = study_folds(pairs, spec.train.folds, spec.seed)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
@@ -78,6 +79,7 @@ class Objective:
         # trial.params holds only sampled values; these let `hpo evaluate` rebuild the full config.
         trial.set_user_attr("fixed_params", self.spec.fixed_params())
         trial.set_user_attr("train", asdict(self.spec.train))
+        trial.set_user_attr("precision", self.precision)
         n_params = TwinNet(model_cfg).parameters_per_member()
         trial.set_user_attr("n_params", n_params)
         self._check_budget(trial, n_params)

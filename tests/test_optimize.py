@@ -38,6 +38,7 @@ def test_three_trial_study_stores_params_intermediates_and_attributes(cli, write
         assert len(t.user_attrs["fold_accuracies"]) == 2
         assert t.value == pytest.approx(sum(t.user_attrs["fold_accuracies"]) / 2)
         assert t.user_attrs["n_params"] > 0 and t.user_attrs["train_seconds"] > 0
+        assert t.user_attrs["precision"] == "float32"  # the default, whatever the CPU
 
 
 def test_trials_target_counts_the_whole_study_so_reruns_continue(cli, write_spec, sqlite_url, mnist_dir) -> None:
