@@ -26,6 +26,10 @@ from test_workers import (
 
 pytestmark = pytest.mark.postgres
 CLUSTER = ["pg_ctlcluster", "--skip-systemctl-redirect"]
+# Trials for two workers to share while the server goes away: enough that neither can finish
+# before the outage. With 10 (6 epochs of the small spec) a quiet machine once completed the
+# study in 8 s, before the stopped server was missed, and the test failed for want of an outage.
+OUTAGE_TRIALS = 40
 
 
 def pg(action: str) -> None:
@@ -54,7 +58,7 @@ def told_once_and_nothing_stuck(trials: list[FrozenTrial], target: int) -> None:
 
 def test_workers_wait_out_a_server_stopped_while_trials_train(write_spec, postgres_url, mnist_dir) -> None:
     spec = write_spec(epochs=6, pruner="none")
-    procs = [start_worker(spec, postgres_url, 10, mnist_dir, "--heartbeat-interval", 2, "--confirm", 0) for _ in range(2)]
+    procs = [start_worker(spec, postgres_url, OUTAGE_TRIALS, mnist_dir, "--heartbeat-interval", 2, "--confirm", 0) for _ in range(2)]
     with server_left_running():
         wait_for(postgres_url, "small", lambda ts: running_with_progress(ts), procs)
         pg("stop")
@@ -63,7 +67,7 @@ def test_workers_wait_out_a_server_stopped_while_trials_train(write_spec, postgr
     for code, _, err in map(finish, procs):
         assert code == 0, err
         assert "lost the study store" in err and "is back after" in err and "Traceback" not in err
-    told_once_and_nothing_stuck(trials_of(postgres_url, "small"), 10)
+    told_once_and_nothing_stuck(trials_of(postgres_url, "small"), OUTAGE_TRIALS)
 
 
 def test_workers_survive_a_restart_while_trials_train(write_spec, postgres_url, mnist_dir) -> None:
@@ -98,7 +102,7 @@ def test_a_result_whose_write_meets_the_outage_is_told_exactly_once(write_spec, 
 
 def test_workers_survive_every_connection_being_terminated(write_spec, postgres_url, postgres_server, mnist_dir) -> None:
     spec = write_spec(epochs=6, pruner="none")
-    procs = [start_worker(spec, postgres_url, 10, mnist_dir, "--heartbeat-interval", 2, "--confirm", 0) for _ in range(2)]
+    procs = [start_worker(spec, postgres_url, OUTAGE_TRIALS, mnist_dir, "--heartbeat-interval", 2, "--confirm", 0) for _ in range(2)]
     wait_for(postgres_url, "small", lambda ts: running_with_progress(ts), procs)
     database = sqlalchemy.make_url(postgres_url).database
     admin = sqlalchemy.create_engine(postgres_server, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.NullPool)
@@ -111,7 +115,7 @@ def test_workers_survive_every_connection_being_terminated(write_spec, postgres_
     for code, _, err in map(finish, procs):
         assert code == 0, err
         assert "Traceback" not in err
-    told_once_and_nothing_stuck(trials_of(postgres_url, "small"), 10)
+    told_once_and_nothing_stuck(trials_of(postgres_url, "small"), OUTAGE_TRIALS)
 
 
 def test_a_server_down_past_the_timeout_ends_the_worker_with_one_line_and_a_rerun_finishes(write_spec, postgres_url, mnist_dir) -> None:
