@@ -17,8 +17,6 @@ the throughput a single big batch gets, not a ceiling), each at every `--threads
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import os
 import platform
@@ -29,7 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,15 +42,14 @@ from torch.utils.data import DataLoader, TensorDataset
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import hpo.objective  # noqa: E402
 from hpo.data import Pairs, cv_pairs, resolve_data_dir  # noqa: E402
 from hpo.model import TwinNet  # noqa: E402
-from hpo.objective import Objective, trial_seeds  # noqa: E402
+from hpo.objective import Objective, study_folds, trial_seeds  # noqa: E402
 from hpo.params import TwinConfig, configs  # noqa: E402
 from hpo.rng import generator  # noqa: E402
 from hpo.space import Fixed  # noqa: E402
 from hpo.spec import StudySpec, load_spec  # noqa: E402
-from hpo.train import native_bfloat16, train_members  # noqa: E402
+from hpo.train import native_bfloat16  # noqa: E402
 
 DEFAULT_SPEC = ROOT / "hpo" / "specs" / "twin.toml"  # the built-in default spec
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -119,12 +116,14 @@ def median_of(repeats: int, run: Callable[[], Any]) -> tuple[float, list[float],
 
 
 def gemm_peak(dtype: torch.dtype, repeats: int, n: int = 2048) -> float:
-    """GFLOP/s of torch.mm on n x n matrices at the current thread count, median of `repeats`."""
+    """GFLOP/s of torch.mm on n x n matrices at the current thread count: the fastest of
+    10 x `repeats` calls. A peak is what the cores can do; noise only ever slows a call, and
+    a median of a few 0.1-second calls once put the 2-thread peak below the 1-thread one."""
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
     torch.mm(a, b)  # warm-up
-    seconds, _, _ = median_of(max(repeats, 3), lambda: torch.mm(a, b))
-    return 2 * n**3 / seconds / 1e9
+    _, times, _ = median_of(10 * max(repeats, 1), lambda: torch.mm(a, b))
+    return 2 * n**3 / min(times) / 1e9
 
 
 def bench_peak(repeats: int) -> dict[str, Any]:
@@ -208,23 +207,42 @@ def user_loop(spec: StudySpec, pairs: Pairs, objective: Objective, params: dict[
     return statistics.fmean(accuracies)
 
 
+def child_json(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`python ARGV` as a fresh process; the JSON line it printed last (a measurement taken
+    where nothing of this process's state can reach it)."""
+    done = subprocess.run([sys.executable, *argv], env=env, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def user_loop_process(sizes: Sizes, data_dir: Path, repeat: int) -> tuple[float, float]:
+    """user_loop in a fresh process, as a user's script runs: nothing our trials did before it
+    (oneDNN's kernel cache, the allocator's state) carries over.
+
+    Returns the loop's own seconds (imports and data loading excluded) and its CV accuracy.
+    """
+    job = json.dumps({"sizes": sizes.__dict__, "data_dir": str(data_dir), "repeat": repeat, "threads": torch.get_num_threads()})
+    answer = child_json([__file__, "--user-loop-child", job])
+    return answer["seconds"], answer["accuracy"]
+
+
+def user_loop_child(job: dict[str, Any]) -> None:
+    """The child's side of user_loop_process: one user loop, its time and accuracy as JSON."""
+    torch.set_num_threads(job["threads"])
+    sizes = Sizes(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["sizes"].items()})
+    base = reference_spec(sizes)
+    spec = replace(base, seed=base.seed + job["repeat"])
+    pairs = cv_pairs(Path(job["data_dir"]), sizes.pairs, base.seed, download=False)
+    objective = Objective(spec, pairs, torch.device("cpu"))
+    seconds, _, accuracy = median_of(1, lambda: user_loop(spec, pairs, objective, REFERENCE))
+    print(json.dumps({"seconds": seconds, "accuracy": accuracy}))
+
+
 def user_loss(answer: torch.Tensor, digits: torch.Tensor, y: torch.Tensor, c: torch.Tensor, aux: float) -> torch.Tensor:
     """The twin task's loss as a user writes it: the answer plus both digits' auxiliary losses."""
     return F.cross_entropy(answer, y) + aux * (F.cross_entropy(digits[:, 0], c[:, 0]) + F.cross_entropy(digits[:, 1], c[:, 1]))
 
 
-@contextlib.contextmanager
-def precision(name: str) -> Iterator[None]:
-    """Our objective with train_members given `precision=name`, as hpo's --precision flag passes it."""
-    original = hpo.objective.train_members
-    hpo.objective.train_members = functools.partial(train_members, precision=name)  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        hpo.objective.train_members = original  # type: ignore[assignment]
-
-
-def bench_trial(spec: StudySpec, pairs: Pairs, repeats: int, device: str = "cpu") -> dict[str, Any]:
+def bench_trial(sizes: Sizes, data_dir: Path, pairs: Pairs, repeats: int, device: str = "cpu") -> dict[str, Any]:
     """Our objective (float32, and bfloat16 where native) against the user's loop, interleaved
     so all see the same load.
 
@@ -232,30 +250,31 @@ def bench_trial(spec: StudySpec, pairs: Pairs, repeats: int, device: str = "cpu"
     the accuracies compared are means over seeds: one seed's CV accuracy moves by about half a
     point with nothing but the shuffle order changed, which would swamp any difference in method.
     """
+    spec = reference_spec(sizes)
     runs = [replace(spec, seed=spec.seed + r) for r in range(repeats)]
-    objectives = [Objective(s, pairs, torch.device(device)) for s in runs]
-    fixed = optuna.trial.FixedTrial(REFERENCE)
     variants = ["float32"] + (["bfloat16"] if device == "cpu" and native_bfloat16() else [])
     times: dict[str, list[float]] = {v: [] for v in [*variants, "user"]}
     accs: dict[str, list[float]] = {v: [] for v in times}
-    for s, objective in zip(runs, objectives):
+    trained_in: dict[str, set[str]] = {v: set() for v in variants}  # what each trial recorded
+    for s in runs:
         for v in variants:
-            with precision(v):
-                _, [t], acc = median_of(1, lambda: objective(fixed))
+            objective, fixed = Objective(s, pairs, torch.device(device), v), optuna.trial.FixedTrial(REFERENCE)
+            _, [t], acc = median_of(1, lambda: objective(fixed))
             times[v].append(t)
             accs[v].append(acc)
-        if device == "cpu":  # the user's loop runs on the CPU only
-            _, [t], acc = median_of(1, lambda: user_loop(s, pairs, objective, REFERENCE))
+            trained_in[v].add(fixed.user_attrs["precision"])
+        if device == "cpu":  # the user's loop runs on the CPU only, in a process of its own
+            t, acc = user_loop_process(sizes, data_dir, s.seed - spec.seed)
             times["user"].append(t)
             accs["user"].append(acc)
-    out: dict[str, Any] = {"device": device}
-    folds = objectives[0].folds
+    out: dict[str, Any] = {"device": device, "trained_in": {v: sorted(p) for v, p in trained_in.items()}}
+    folds = study_folds(pairs, spec.train.folds, spec.seed)
     flops = trial_flops(configs(REFERENCE, 1, 25)[0], folds.k, folds.train_index.shape[1], folds.val_index.shape[1], spec.train.epochs)
     train_pairs = folds.train_index.numel() * spec.train.epochs
     for v in times:
         if not times[v]:
             continue
-        key = "ours" if v == "float32" else ("user_loop" if v == "user" else f"ours_{v}")
+        key = {"float32": "ours", "user": "user_loop"}.get(v, f"ours_{v}")
         out[f"{key}_s"] = statistics.median(times[v])
         out[f"{key}_runs_s"] = times[v]
         out[f"{key}_cv_accuracy"] = statistics.fmean(accs[v])
@@ -525,7 +544,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--postgres", default=DEFAULT_POSTGRES, help="PostgreSQL server URL for the workers part (a database is created and dropped)")
     ap.add_argument("--data-dir", type=Path, default=None, help="MNIST folder [$HPO_DATA_DIR, else data]")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results.json"), help="where the JSON goes")
+    ap.add_argument("--user-loop-child", default=None, help=argparse.SUPPRESS)  # user_loop_process's child
     args = ap.parse_args(argv)
+    if args.user_loop_child:
+        user_loop_child(json.loads(args.user_loop_child))
+        return {}
 
     sizes = QUICK if args.quick else FULL
     repeats = args.repeats or (1 if args.quick else 3)
@@ -553,7 +576,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             res.setdefault("peak", {})[str(threads)] = bench_peak(repeats)
         if "trial" in parts:
             log(f"trial at {threads} thread(s): ours vs the sequential loop")
-            res.setdefault("trial", {})[str(threads)] = trial = bench_trial(spec, pairs, repeats)
+            res.setdefault("trial", {})[str(threads)] = trial = bench_trial(sizes, data_dir, pairs, repeats)
         if "large_batch" in parts:
             log(f"one net at large batch, {threads} thread(s)")
             res.setdefault("large_batch", {})[str(threads)] = large = bench_large_batch(pairs, sizes, repeats)
@@ -562,7 +585,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(thread_counts[0])
     if "gpu" in parts and torch.cuda.is_available():
         log("gpu trial")
-        res["gpu"] = bench_trial(spec, pairs, repeats, device="cuda")
+        res["gpu"] = bench_trial(sizes, data_dir, pairs, repeats, device="cuda")
     if "study" in parts:
         trials = args.study_trials or sizes.study_trials
         log(f"study: {trials} trials")
