@@ -1,10 +1,15 @@
 """Issue 14's levers, each measured on its own against today's code, side by side in one run.
 
-    python benchmarks/levers.py                    # every part, 1 thread, 3 repeats (about 5 minutes)
+    python benchmarks/levers.py                    # every part, 1 thread, 3 repeats (about 6 minutes)
     python benchmarks/levers.py --parts conv2,step --threads 2
     python benchmarks/levers.py --quick            # every part tiny (the suite's smoke test)
 
 Parts:
+- `heap`: glibc's allocator as it comes against its mmap and trim thresholds raised (256 MiB
+  and 1 GiB, through glibc's MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_: freed memory
+  kept in the process), each in fresh processes, alternating `--repeats` times: one training
+  step of the reference network (5 members x 25 pairs; its time and page faults), then the
+  whole reference trial.
 - `conv2`: the second convolution (5 members x 50 images, 32 -> 64 channels, 6x6 -> 4x4) forward
   and backward as oneDNN's grouped convolution (what TwinNet runs) against im2col + `bmm`
   (patches gathered once, the input gradient scattered back window by window); both checked
@@ -26,7 +31,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
+import os
+import resource
 import statistics
 import sys
 import time
@@ -41,7 +49,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import FULL, REFERENCE, cpu_model, median_of, reference_spec  # noqa: E402
+from bench import FULL, REFERENCE, child_json, cpu_model, median_of, reference_spec  # noqa: E402
 
 import hpo.train  # noqa: E402
 from hpo.data import cv_pairs, resolve_data_dir  # noqa: E402
@@ -52,6 +60,7 @@ from hpo.rng import generator  # noqa: E402
 from hpo.train import _loss  # noqa: E402
 
 K, C_IN, C_OUT = 5, 32, 64
+KEPT_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 def median_ms(run: Callable[[], Any], repeats: int) -> float:
@@ -101,11 +110,12 @@ def conv2_part(images: int = 50, repeats: int = 40) -> dict[str, float]:
     return out
 
 
-def reference_step(batch: int, dropout: bool = True, compiled: bool = False) -> Callable[[], None]:
+def reference_step(batch: int, dropout: bool = True, compiled: bool = False, bfloat16: bool = False) -> Callable[[], None]:
     """One training step of the reference network with K members on a fixed random batch.
 
     Without dropout the network runs in eval mode and takes no generator: what a compiled
-    forward accepts, so compiled and eager steps compare like for like.
+    forward accepts, so compiled and eager steps compare like for like. `bfloat16`: the
+    forward pass under autocast, as train_members runs it with precision="bfloat16".
     """
     cfg, _ = configs(REFERENCE, 1, 25)
     model = TwinNet(cfg, K).init_([generator(s, "init") for s in range(K)]).train(dropout)
@@ -116,8 +126,9 @@ def reference_step(batch: int, dropout: bool = True, compiled: bool = False) -> 
     forward = torch.compile(model) if compiled else model
 
     def step() -> None:
-        answer, digits = forward(x, gen) if dropout else forward(x)
-        loss = _loss(answer, digits, y, c, 1.0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            answer, digits = forward(x, gen) if dropout else forward(x)
+        loss = _loss(answer.float(), digits.float(), y, c, 1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -132,6 +143,44 @@ def step_part(repeats: int = 200) -> dict[str, float]:
         for _ in range(20):
             step()
         out[f"step_ms_at_{batch}_pairs_per_member"] = median_ms(step, repeats)
+    return out
+
+
+def heap_child(repeats: int, epochs: int) -> dict[str, Any]:
+    """One process's side of heap_part: the 25-pair step (median ms, page faults per step) and,
+    for `epochs` > 0, the reference trial, under whatever MALLOC_ variables the process got."""
+    kept = "MALLOC_MMAP_THRESHOLD_" in os.environ
+    step = reference_step(25)
+    for _ in range(20):
+        step()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    out = {"kept": kept, "step_ms": median_ms(step, repeats)}
+    out["step_faults"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / (repeats + 1)
+    if epochs:
+        trial = reference_trial(epochs)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        out["trial_s"], _, out["trial_cv_accuracy"] = median_of(1, trial)
+        out["trial_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return out
+
+
+def heap_part(repeats: int = 200, epochs: int = FULL.epochs, rounds: int = 3) -> dict[str, Any]:
+    """glibc's allocator as it comes against its thresholds raised, each in fresh processes
+    (glibc reads them at start), alternating `rounds` times: medians."""
+    runs: dict[str, list[dict[str, Any]]] = {"glibc_default": [], "kept_heap": []}
+    for _ in range(rounds):
+        for name, extra in (("glibc_default", {}), ("kept_heap", KEPT_HEAP)):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | extra
+            job = [__file__, "--heap-child", f"{repeats},{epochs}", "--threads", str(torch.get_num_threads())]
+            runs[name].append(child_json(job, env))
+    out: dict[str, Any] = {"epochs": epochs, "runs": runs}
+    for name, rs in runs.items():
+        for key in rs[0]:
+            if key != "kept":
+                out[f"{name}_{key}"] = statistics.median(r[key] for r in rs)
+    out["step_speedup"] = out["glibc_default_step_ms"] / out["kept_heap_step_ms"]
+    if epochs:
+        out["trial_speedup"] = out["glibc_default_trial_s"] / out["kept_heap_trial_s"]
     return out
 
 
@@ -184,28 +233,45 @@ def lever(name: str) -> Iterator[None]:
         torch.optim.Adam, hpo.train.EVAL_CHUNK = adam, chunk  # type: ignore[misc]
 
 
-def reference_trial(epochs: int) -> Callable[[], float]:
+def reference_trial(epochs: int, precision: str = "float32") -> Callable[[], float]:
     """The reference trial through hpo's Objective on the MNIST pairs of HPO_DATA_DIR."""
     spec = reference_spec(replace(FULL, epochs=epochs))
     pairs = cv_pairs(resolve_data_dir(None), spec.train.train_pairs, spec.seed)
-    objective = Objective(spec, pairs, torch.device("cpu"))
+    objective = Objective(spec, pairs, torch.device("cpu"), precision)
     fixed = optuna.trial.FixedTrial(REFERENCE)
     return lambda: objective(fixed)
 
 
+Runner = tuple[Callable[[], Any], Callable[[], contextlib.AbstractContextManager[Any]]]
+
+
+def interleaved(runners: dict[str, Runner], rounds: int) -> dict[str, list[Any]]:
+    """What each runner returns, called once a round under its context, the variants taking
+    turns so that all of them see the same load."""
+    results: dict[str, list[Any]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, (run, context) in runners.items():
+            with context():
+                results[name].append(run())
+    return results
+
+
+def timed(trial: Callable[[], float]) -> Callable[[], tuple[float, float]]:
+    """A trial's seconds and CV accuracy."""
+    def run() -> tuple[float, float]:
+        _, [seconds], accuracy = median_of(1, trial)
+        return seconds, accuracy
+
+    return run
+
+
 def trial_part(repeats: int, epochs: int = FULL.epochs) -> dict[str, Any]:
-    trial = reference_trial(epochs)
+    trial = timed(reference_trial(epochs))
     names = ("as_is", "lean_adam", "eval_chunk_200")
-    times: dict[str, list[float]] = {n: [] for n in names}
-    accuracy: dict[str, float] = {}
-    for _ in range(repeats):
-        for name in names:
-            with lever(name):
-                start = time.perf_counter()
-                accuracy[name] = trial()
-                times[name].append(time.perf_counter() - start)
+    runs = interleaved({n: (trial, functools.partial(lever, n)) for n in names}, repeats)
+    times = {n: [t for t, _ in r] for n, r in runs.items()}
     out: dict[str, Any] = {f"{n}_s": statistics.median(t) for n, t in times.items()}
-    out.update({f"{n}_runs_s": t for n, t in times.items()}, cv_accuracy=accuracy)
+    out.update({f"{n}_runs_s": t for n, t in times.items()}, cv_accuracy={n: r[-1][1] for n, r in runs.items()})
     out.update({f"{n}_over_as_is": out[f"{n}_s"] / out["as_is_s"] for n in names[1:]})
     return out
 
@@ -240,18 +306,24 @@ def profile_part(epochs: int = 5) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="conv2,step,profile,trial")
+    ap.add_argument("--parts", default="heap,conv2,step,profile,trial")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="whole trials per lever (the micro-benchmarks take many more)")
     ap.add_argument("--quick", action="store_true", help="a few repeats of each part and a 1-epoch trial")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--heap-child", default=None, help=argparse.SUPPRESS)  # heap_part's child: "repeats,epochs"
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.heap_child is not None:
+        repeats, epochs = (int(n) for n in args.heap_child.split(","))
+        print(json.dumps(heap_child(repeats, epochs)))
+        return {}
     result: dict[str, Any] = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__, "quick": args.quick}
     micro = 3 if args.quick else None
     parts = {
         "conv2": lambda: conv2_part(repeats=micro or 40),
         "step": lambda: step_part(repeats=micro or 200),
+        "heap": lambda: heap_part(micro or 200, 1 if args.quick else FULL.epochs, 1 if args.quick else args.repeats),
         "profile": lambda: profile_part(1 if args.quick else 5),
         "compile": lambda: compile_part(repeats=micro or 100),
         "trial": lambda: trial_part(1 if args.quick else args.repeats, 1 if args.quick else FULL.epochs),

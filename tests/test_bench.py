@@ -8,14 +8,17 @@ import optuna
 import pytest
 import torch
 
+import hpo.model
 from hpo.model import TwinNet
 from hpo.params import configs
+from hpo.train import native_bfloat16
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench  # noqa: E402
 import levers  # noqa: E402
+import levers_bf16  # noqa: E402
 
 
 @pytest.mark.postgres
@@ -34,6 +37,9 @@ def test_quick_benchmark_runs_every_part_and_writes_json_and_a_markdown_table(mn
         assert large["pairs_per_s"] > 0 and large["ours_share"] > 0
         assert peak["float32_gflops"] > 0 and trial["ours_gflops"] > 0
         assert ("bfloat16_gflops" in peak) == peak["bfloat16_native"] == ("ours_bfloat16_s" in trial)
+        # Each variant's trials recorded the precision they trained in (an earlier version
+        # timed float32 twice, its bfloat16 setting overridden by the objective's own).
+        assert trial["trained_in"] == {"float32": ["float32"], **({"bfloat16": ["bfloat16"]} if peak["bfloat16_native"] else {})}
     for pruner in ("median", "none"):
         assert saved["study"][pruner]["finished"] >= bench.QUICK.study_trials
     workers = saved["workers"]
@@ -85,20 +91,40 @@ def test_benchmark_rejects_thread_counts_that_are_not_positive_whole_numbers(thr
     assert "--threads" in capsys.readouterr().err
 
 
-def test_levers_benchmark_checks_conv2_as_bmm_against_the_convolution_and_times_every_lever(mnist_dir, monkeypatch, tmp_path) -> None:
-    monkeypatch.setenv("HPO_DATA_DIR", str(mnist_dir))
+def run_quick(main, out: Path) -> dict:
+    """A benchmark's --quick run (torch's thread count restored after): the JSON it saved,
+    checked equal to what it returned."""
     threads = torch.get_num_threads()
     try:
-        result = levers.main(["--quick", "--json", str(tmp_path / "levers.json")])
+        result = main(["--quick", "--json", str(out)])
     finally:
         torch.set_num_threads(threads)
-    saved = json.loads((tmp_path / "levers.json").read_text())
+    saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(result))
+    return saved
+
+
+def test_levers_benchmark_checks_conv2_as_bmm_against_the_convolution_and_times_every_lever(mnist_dir, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("HPO_DATA_DIR", str(mnist_dir))
+    saved = run_quick(levers.main, tmp_path / "levers.json")
     assert saved["conv2"]["onednn_ms"] > 0 and saved["conv2"]["im2col_bmm_ms"] > 0
     assert set(saved["step"]) == {f"step_ms_at_{b}_pairs_per_member" for b in (1, 5, 25)}
+    heap = saved["heap"]["runs"]  # each side in its own process, glibc's thresholds raised in one
+    assert [r["kept"] for r in heap["glibc_default"]] == [False] and [r["kept"] for r in heap["kept_heap"]] == [True]
+    assert all(r["trial_s"] > 0 and 0 <= r["trial_cv_accuracy"] <= 1 for rs in heap.values() for r in rs)
     assert abs(sum(saved["profile"]["share"].values()) - 1) < 1e-6 and saved["profile"]["share"]["convolution backward"] > 0
     trial = saved["trial"]
     # Every lever computes the same trial: the same CV accuracy to float32 rounding.
     accuracies = list(trial["cv_accuracy"].values())
     assert len(accuracies) == 3 and max(accuracies) - min(accuracies) < 0.01
     assert trial["lean_adam_over_as_is"] > 0 and trial["eval_chunk_200_over_as_is"] > 0
+
+
+@pytest.mark.skipif(not native_bfloat16(), reason="this CPU has no native bfloat16 (AVX512_BF16 or AMX): the benchmark measures nothing")
+def test_bfloat16_levers_benchmark_times_each_layer_the_step_and_the_trial_three_ways(mnist_dir, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("HPO_DATA_DIR", str(mnist_dir))
+    result = run_quick(levers_bf16.main, tmp_path / "bf16.json")
+    assert all(result["layers"][f"conv{n}_{d}_ms"] > 0 for n in (1, 2) for d in ("float32", "bfloat16"))
+    assert set(result["step"]["rounds_ms"]) == set(result["trial"]["runs_s"]) == {"float32", "bfloat16_everywhere", "bfloat16_first_layer_float32"}
+    assert all(0 <= a <= 1 for accs in result["trial"]["cv_accuracy"].values() for a in accs)
+    assert hpo.model.MemberConv2d.forward.__name__ == "forward"  # the lever was taken out again
