@@ -21,9 +21,11 @@ Parts:
   the step time against eager.
 - `profile`: 5 epochs of the reference trial under torch.profiler: each kind of operator's
   share of the operators' time.
-- `trial`: the reference trial (bench.REFERENCE through hpo's Objective) as it is, with Adam
-  as one direct call of the fused kernel (no `Optimizer.step` bookkeeping), and with
-  validation in one chunk of 200 pairs per member instead of 50; interleaved repeats.
+- `trial`: the reference trial (bench.REFERENCE through hpo's Objective) as it is (the first
+  layer fused, hpo/first_layer.py), with that layer through PyTorch's convolution, pooling and
+  ReLU as before, with Adam as one direct call of the fused kernel (no `Optimizer.step`
+  bookkeeping), and with validation in one chunk of 200 pairs per member instead of 50;
+  interleaved repeats.
 Medians of `--repeats`; JSON to --json.
 """
 
@@ -51,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import FULL, REFERENCE, child_json, cpu_model, median_of, reference_spec  # noqa: E402
 
+import hpo.model  # noqa: E402
 import hpo.train  # noqa: E402
 from hpo.data import cv_pairs, resolve_data_dir  # noqa: E402
 from hpo.model import TwinNet  # noqa: E402
@@ -222,15 +225,17 @@ class LeanAdam:
 
 @contextlib.contextmanager
 def lever(name: str) -> Iterator[None]:
-    adam, chunk = torch.optim.Adam, hpo.train.EVAL_CHUNK
+    adam, chunk, fusable = torch.optim.Adam, hpo.train.EVAL_CHUNK, hpo.model.fusable
     if name == "lean_adam":
         torch.optim.Adam = LeanAdam  # type: ignore[misc, assignment]
     elif name == "eval_chunk_200":
         hpo.train.EVAL_CHUNK = 200
+    elif name == "unfused_first_layer":  # PyTorch's convolution, pooling and ReLU, as before the fused layer
+        hpo.model.fusable = lambda *_: False
     try:
         yield
     finally:
-        torch.optim.Adam, hpo.train.EVAL_CHUNK = adam, chunk  # type: ignore[misc]
+        torch.optim.Adam, hpo.train.EVAL_CHUNK, hpo.model.fusable = adam, chunk, fusable  # type: ignore[misc]
 
 
 def reference_trial(epochs: int, precision: str = "float32") -> Callable[[], float]:
@@ -267,7 +272,7 @@ def timed(trial: Callable[[], float]) -> Callable[[], tuple[float, float]]:
 
 def trial_part(repeats: int, epochs: int = FULL.epochs) -> dict[str, Any]:
     trial = timed(reference_trial(epochs))
-    names = ("as_is", "lean_adam", "eval_chunk_200")
+    names = ("as_is", "unfused_first_layer", "lean_adam", "eval_chunk_200")
     runs = interleaved({n: (trial, functools.partial(lever, n)) for n in names}, repeats)
     times = {n: [t for t, _ in r] for n, r in runs.items()}
     out: dict[str, Any] = {f"{n}_s": statistics.median(t) for n, t in times.items()}

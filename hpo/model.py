@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hpo.first_layer import first_layer, fusable
 from hpo.params import TwinConfig
 
 __all__ = ["TwinConfig", "TwinNet", "compare_digits"]
@@ -125,8 +126,12 @@ class Encoder(nn.Module):
         # pooling run fastest on; max-pooling before ReLU is exact (ReLU is monotonic) and
         # leaves ReLU a quarter of the work.
         m, n = x.shape[:2]
-        h = x.reshape(m, n, 14, 14).permute(1, 2, 3, 0).contiguous().permute(0, 3, 1, 2)
-        h = F.relu(F.max_pool2d(self.bn1(self.conv1(h)), 2))
+        images = x.reshape(m, n, 14, 14)
+        if isinstance(self.bn1, nn.Identity) and fusable(images, self.conv1.conv.weight):
+            h = first_layer(images, self.conv1.conv.weight, self.conv1.conv.bias)  # the same, in one pass
+        else:
+            h = images.permute(1, 2, 3, 0).contiguous().permute(0, 3, 1, 2)
+            h = F.relu(F.max_pool2d(self.bn1(self.conv1(h)), 2))
         h = F.relu(F.max_pool2d(self.bn2(self.conv2(h)), 2))
         # N x M*C2 x 2 x 2 (channels-last) -> M x N x (2*2*C2): each member's features, (h, w, c) order.
         h = h.permute(0, 2, 3, 1).reshape(n, 4, m, -1).permute(2, 0, 1, 3).reshape(m, n, -1)

@@ -116,8 +116,8 @@ def test_levers_benchmark_checks_conv2_as_bmm_against_the_convolution_and_times_
     trial = saved["trial"]
     # Every lever computes the same trial: the same CV accuracy to float32 rounding.
     accuracies = list(trial["cv_accuracy"].values())
-    assert len(accuracies) == 3 and max(accuracies) - min(accuracies) < 0.01
-    assert trial["lean_adam_over_as_is"] > 0 and trial["eval_chunk_200_over_as_is"] > 0
+    assert len(accuracies) == 4 and max(accuracies) - min(accuracies) < 0.01
+    assert all(trial[f"{n}_over_as_is"] > 0 for n in ("unfused_first_layer", "lean_adam", "eval_chunk_200"))
 
 
 @pytest.mark.skipif(not native_bfloat16(), reason="this CPU has no native bfloat16 (AVX512_BF16 or AMX): the benchmark measures nothing")

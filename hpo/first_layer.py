@@ -1,0 +1,156 @@
+"""The first layer fused: a one-channel 3x3 convolution, 2x2 max-pooling and ReLU in one loop.
+
+Through PyTorch this layer is memory-bound, not compute-bound: the convolution writes a
+4.6 MB activation per training step (5 members x 50 images x 32 channels x 12 x 12) that
+pooling reads, pooling's backward zero-fills and scatters into, and the convolution's
+backward reads again, for only 0.08 MFLOP an image. Here each pooled cell computes its four
+window positions in registers, keeps the largest and which one it was, and writes only the
+pooled, rectified result; the backward pass routes each gradient to that position and
+accumulates the weights' gradients from the image directly. It is the same function as
+`relu(max_pool2d(conv2d(x, w, b, groups=M), 2))`, ties and NaNs resolved as PyTorch's
+pooling resolves them (the first largest position, NaN wins), to float rounding.
+
+Numba compiles the two loops for this CPU on first use and caches them on disk. They run on
+one thread: hpo's workers train on one thread each, and at two threads a second thread for
+this layer made whole trials slower, not faster (numba's OpenMP pool also resets torch's
+thread count; a helper thread of our own competed with torch's own; docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+
+SIZE, KERNEL, POOLED = 14, 3, 6  # 14 x 14 digits, 3 x 3 kernel: 12 x 12, pooled to 6 x 6
+# A float32 zero: an int literal would make the loops' float32 arithmetic float64 (float64 stays float64).
+_ZERO = np.float32(0)
+
+
+_OPTIONS = dict(boundscheck=False, error_model="numpy", fastmath={"contract"}, nogil=True)
+
+
+def _jit(function):  # type: ignore[no-untyped-def]
+    try:
+        return njit(cache=True, **_OPTIONS)(function)
+    except RuntimeError:  # no writable cache folder (a read-only install and no home): compile each run
+        return njit(**_OPTIONS)(function)
+
+
+def _forward(x, w, b, out, arg):  # type: ignore[no-untyped-def]
+    """x: M x N x 14 x 14, w: M x 9 x C, b: M x C -> out, arg: N x 6 x 6 x M*C (channels-last)."""
+    for m in range(x.shape[0]):
+        _forward_member(x, w, b, out, arg, m)
+
+
+def _forward_member(x, w, b, out, arg, m):  # type: ignore[no-untyped-def]
+    channels = w.shape[2]
+    best = np.empty(channels, out.dtype)
+    which = np.empty(channels, np.uint8)
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[m, 0], w[m, 1], w[m, 2], w[m, 3], w[m, 4], w[m, 5], w[m, 6], w[m, 7], w[m, 8]
+    bm = b[m]
+    first, last = m * channels, (m + 1) * channels
+    for n in range(x.shape[1]):
+        img = x[m, n]
+        for i in range(POOLED):
+            for j in range(POOLED):
+                for o in range(4):  # the window's positions in PyTorch's scan order
+                    r, s = 2 * i + o // 2, 2 * j + o % 2
+                    x0, x1, x2 = img[r, s], img[r, s + 1], img[r, s + 2]
+                    x3, x4, x5 = img[r + 1, s], img[r + 1, s + 1], img[r + 1, s + 2]
+                    x6, x7, x8 = img[r + 2, s], img[r + 2, s + 1], img[r + 2, s + 2]
+                    position = np.uint8(o)
+                    for c in range(channels):
+                        v = (bm[c] + w0[c] * x0 + w1[c] * x1 + w2[c] * x2 + w3[c] * x3 + w4[c] * x4
+                             + w5[c] * x5 + w6[c] * x6 + w7[c] * x7 + w8[c] * x8)
+                        wins = (o == 0) | (v > best[c]) | (v != v)
+                        best[c] = v if wins else best[c]
+                        which[c] = position if wins else which[c]
+                pooled, where = out[n, i, j, first:last], arg[n, i, j, first:last]
+                for c in range(channels):
+                    pooled[c] = best[c] if (best[c] > 0 or best[c] != best[c]) else _ZERO
+                    where[c] = which[c]
+
+
+def _backward(x, g, out, arg, gw, gb):  # type: ignore[no-untyped-def]
+    """The gradients of w and b (M x 9 x C, M x C) from the output's gradient g (N x 6 x 6 x M*C)."""
+    for m in range(x.shape[0]):
+        _backward_member(x, g, out, arg, gw[m], gb[m], m)
+
+
+def _backward_member(x, g, out, arg, dw, db, m):  # type: ignore[no-untyped-def]
+    channels = dw.shape[1]
+    passed = np.empty(channels, dw.dtype)
+    dw[:] = 0
+    db[:] = 0
+    d0, d1, d2, d3, d4, d5, d6, d7, d8 = dw[0], dw[1], dw[2], dw[3], dw[4], dw[5], dw[6], dw[7], dw[8]
+    first, last = m * channels, (m + 1) * channels
+    for n in range(x.shape[1]):
+        img = x[m, n]
+        for i in range(POOLED):
+            for j in range(POOLED):
+                grad, pooled, where = g[n, i, j, first:last], out[n, i, j, first:last], arg[n, i, j, first:last]
+                for c in range(channels):  # through ReLU: where its output is positive
+                    passed[c] = grad[c] if pooled[c] > 0 else _ZERO
+                    db[c] += passed[c]
+                for o in range(4):
+                    r, s = 2 * i + o // 2, 2 * j + o % 2
+                    x0, x1, x2 = img[r, s], img[r, s + 1], img[r, s + 2]
+                    x3, x4, x5 = img[r + 1, s], img[r + 1, s + 1], img[r + 1, s + 2]
+                    x6, x7, x8 = img[r + 2, s], img[r + 2, s + 1], img[r + 2, s + 2]
+                    position = np.uint8(o)
+                    for c in range(channels):  # through the pooling: to the winning position
+                        go = passed[c] if where[c] == position else _ZERO
+                        d0[c] += go * x0
+                        d1[c] += go * x1
+                        d2[c] += go * x2
+                        d3[c] += go * x3
+                        d4[c] += go * x4
+                        d5[c] += go * x5
+                        d6[c] += go * x6
+                        d7[c] += go * x7
+                        d8[c] += go * x8
+
+
+_forward_member, _backward_member = _jit(_forward_member), _jit(_backward_member)
+_forward, _backward = _jit(_forward), _jit(_backward)
+
+
+class _FirstLayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        members, images = x.shape[:2]
+        channels = weight.shape[0] // members
+        w = weight.detach().reshape(members, channels, KERNEL * KERNEL).transpose(1, 2).contiguous()
+        out = torch.empty(images, POOLED, POOLED, members * channels, dtype=x.dtype)
+        arg = torch.empty(out.shape, dtype=torch.uint8)
+        _forward(x.numpy(), w.numpy(), bias.detach().reshape(members, channels).numpy(), out.numpy(), arg.numpy())
+        ctx.save_for_backward(x, out, arg)
+        ctx.channels = channels
+        return out.permute(0, 3, 1, 2)  # N x M*C x 6 x 6, channels-last in memory
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        x, out, arg = ctx.saved_tensors
+        members, channels = x.shape[0], ctx.channels
+        gw = torch.empty(members, KERNEL * KERNEL, channels, dtype=x.dtype)
+        gb = torch.empty(members, channels, dtype=x.dtype)
+        arrays = (x.numpy(), grad.permute(0, 2, 3, 1).contiguous().numpy(), out.numpy(), arg.numpy())
+        _backward(*arrays, gw.numpy(), gb.numpy())
+        return None, gw.transpose(1, 2).reshape(members * channels, 1, KERNEL, KERNEL), gb.reshape(-1)
+
+
+def fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `first_layer` can run: CPU tensors of float32 or float64, images not needing a gradient."""
+    return (x.device.type == "cpu" and weight.device.type == "cpu" and x.dtype == weight.dtype
+            and x.dtype in (torch.float32, torch.float64) and not x.requires_grad
+            and tuple(x.shape[2:]) == (SIZE, SIZE) and tuple(weight.shape[1:]) == (1, KERNEL, KERNEL))
+
+
+def first_layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """relu(max_pool2d(conv2d(images, weight, bias, groups=M), 2)) for M members' images.
+
+    x: M x N x 14 x 14; weight: M*C x 1 x 3 x 3; bias: M*C. Returns N x M*C x 6 x 6 in
+    channels-last memory, the layout the second (grouped) convolution runs fastest on.
+    """
+    return _FirstLayer.apply(x.contiguous(), weight, bias)

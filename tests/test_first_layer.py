@@ -1,0 +1,102 @@
+"""The fused first layer computes what PyTorch's convolution, max-pooling and ReLU compute."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hpo.model
+from hpo.first_layer import first_layer, fusable
+from hpo.model import TwinNet
+from hpo.params import TwinConfig
+from hpo.rng import generator
+
+MEMBERS, IMAGES, CHANNELS = 3, 20, 8
+
+
+def unfused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    images = x.permute(1, 2, 3, 0).contiguous().permute(0, 3, 1, 2)
+    return F.relu(F.max_pool2d(F.conv2d(images, weight, bias, groups=x.shape[0]), 2))
+
+
+def inputs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sparse MNIST-like images, some blank (every window ties), weights, biases and a gradient."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(MEMBERS, IMAGES, 14, 14, generator=gen, dtype=dtype)
+    x[x < 0.6] = 0
+    x[:, :4] = 0
+    weight = 0.3 * torch.randn(MEMBERS * CHANNELS, 1, 3, 3, generator=gen, dtype=dtype)
+    bias = 0.1 * torch.randn(MEMBERS * CHANNELS, generator=gen, dtype=dtype)
+    grad = torch.randn(IMAGES, MEMBERS * CHANNELS, 6, 6, generator=gen, dtype=dtype)
+    return x, weight, bias, grad
+
+
+def output_and_gradients(layer, x, weight, bias, grad):  # type: ignore[no-untyped-def]
+    weight, bias = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+    out = layer(x, weight, bias)
+    out.backward(grad)
+    return out.detach(), weight.grad, bias.grad
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
+def test_fused_first_layer_equals_convolution_pooling_and_relu_with_their_gradients(dtype, tolerance) -> None:
+    x, weight, bias, grad = inputs(dtype)
+    assert fusable(x, weight)
+    fused = output_and_gradients(first_layer, x, weight, bias, grad)
+    reference = output_and_gradients(unfused, x, weight, bias, grad)
+    for ours, theirs in zip(fused, reference):
+        assert ours.dtype == dtype
+        torch.testing.assert_close(ours, theirs, rtol=tolerance, atol=tolerance)
+    assert fused[0].is_contiguous(memory_format=torch.channels_last), "the layout the second convolution wants"
+    assert (fused[0] == 0).float().mean() > 0.1, "ReLU had work to do"
+
+
+def test_tied_windows_send_the_gradient_to_one_position_as_max_pooling_does() -> None:
+    # Blank images tie all four positions of every window: the bias gradient counts each
+    # pooled cell once, as max_pool2d routes it to the first position only.
+    x, weight, bias, grad = inputs(torch.float64)
+    x = torch.zeros_like(x)
+    bias = bias.abs() + 0.1  # every output positive: ReLU passes everything
+    fused = output_and_gradients(first_layer, x, weight, bias, grad)
+    reference = output_and_gradients(unfused, x, weight, bias, grad)
+    torch.testing.assert_close(fused[2], reference[2])
+    torch.testing.assert_close(fused[2], grad.sum((0, 2, 3)))
+
+
+def test_a_nan_pixel_makes_its_windows_nan_as_in_pytorch() -> None:
+    x, weight, bias, _ = inputs(torch.float32)
+    x[1, 5, 7, 7] = float("nan")
+    ours, theirs = first_layer(x, weight, bias), unfused(x, weight, bias)
+    assert torch.equal(ours.isnan(), theirs.isnan()) and ours.isnan().any()
+
+
+def test_fusable_only_for_cpu_images_of_the_weights_dtype_that_need_no_gradient() -> None:
+    x, weight, _, _ = inputs(torch.float32)
+    assert fusable(x, weight)
+    assert not fusable(x.double(), weight)
+    assert not fusable(x.requires_grad_(), weight)
+    assert not fusable(x.detach().bfloat16(), weight.bfloat16())
+    assert not fusable(x.detach()[..., :12, :12], weight)
+
+
+@pytest.mark.parametrize("sharing", [True, False])
+def test_twin_net_without_batch_norm_takes_the_fused_layer_and_trains_the_same(sharing, monkeypatch) -> None:
+    torch.set_default_dtype(torch.float64)
+    try:
+        cfg = TwinConfig(weight_sharing=sharing, batch_norm=False, dropout=0.0)
+        x = torch.rand(2, 6, 2, 14, 14, generator=torch.Generator().manual_seed(1))
+        results, calls = [], []
+        monkeypatch.setattr(hpo.model, "first_layer", lambda *a: calls.append(1) or first_layer(*a))
+        for fused in (True, False):
+            if not fused:
+                monkeypatch.setattr(hpo.model, "fusable", lambda *_: False)
+            net = TwinNet(cfg, members=2).init_([generator(s, "init") for s in range(2)])
+            answer, digits = net(x)
+            (answer.sum() + digits.square().sum()).backward()
+            results.append([answer.detach(), digits.detach()] + [p.grad for p in net.parameters()])
+            assert len(calls) == 1, "one forward through the fused layer, none through the unfused path"
+        for ours, theirs in zip(*results):
+            torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    finally:
+        torch.set_default_dtype(torch.float32)
