@@ -1,4 +1,5 @@
-"""The first layer fused: a one-channel 3x3 convolution, 2x2 max-pooling and ReLU in one loop.
+"""The first layer fused: a one-channel 3x3 convolution, 2x2 max-pooling and ReLU in one loop
+(with batch norm between them, too).
 
 Through PyTorch this layer is memory-bound, not compute-bound: the convolution writes a
 4.6 MB activation per training step (5 members x 50 images x 32 channels x 12 x 12) that
@@ -8,7 +9,9 @@ window positions in registers, keeps the largest and which one it was, and write
 pooled, rectified result; the backward pass routes each gradient to that position and
 accumulates the weights' gradients from the image directly. It is the same function as
 `relu(max_pool2d(conv2d(x, w, b, groups=M), 2))`, ties and NaNs resolved as PyTorch's
-pooling resolves them (the first largest position, NaN wins), to float rounding.
+pooling resolves them (the first largest position, NaN wins), to float rounding. Batch norm
+is a per-channel affine map, so it commutes with pooling once the window's largest value is
+taken where scale * value is largest; its batch statistics follow from the images' patches.
 
 Numba compiles the two loops for this CPU on first use and caches them on disk. They run on
 one thread: hpo's workers train on one thread each, and at two threads a second thread for
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from numba import njit
+from torch import nn
 
 SIZE, KERNEL, POOLED = 14, 3, 6  # 14 x 14 digits, 3 x 3 kernel: 12 x 12, pooled to 6 x 6
 # A float32 zero: an int literal would make the loops' float32 arithmetic float64 (float64 stays float64).
@@ -37,18 +42,20 @@ def _jit(function):  # type: ignore[no-untyped-def]
         return njit(**_OPTIONS)(function)
 
 
-def _forward(x, w, b, out, arg):  # type: ignore[no-untyped-def]
-    """x: M x N x 14 x 14, w: M x 9 x C, b: M x C -> out, arg: N x 6 x 6 x M*C (channels-last)."""
+def _forward(x, w, b, sign, rectify, out, arg):  # type: ignore[no-untyped-def]
+    """x: M x N x 14 x 14, w: M x 9 x C, b and sign: M x C -> out, arg: N x 6 x 6 x M*C
+    (channels-last): per window the value whose sign-multiplied value is largest, and where."""
     for m in range(x.shape[0]):
-        _forward_member(x, w, b, out, arg, m)
+        _forward_member(x, w, b, sign, rectify, out, arg, m)
 
 
-def _forward_member(x, w, b, out, arg, m):  # type: ignore[no-untyped-def]
+def _forward_member(x, w, b, sign, rectify, out, arg, m):  # type: ignore[no-untyped-def]
     channels = w.shape[2]
     best = np.empty(channels, out.dtype)
+    key = np.empty(channels, out.dtype)
     which = np.empty(channels, np.uint8)
     w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[m, 0], w[m, 1], w[m, 2], w[m, 3], w[m, 4], w[m, 5], w[m, 6], w[m, 7], w[m, 8]
-    bm = b[m]
+    bm, sm = b[m], sign[m]
     first, last = m * channels, (m + 1) * channels
     for n in range(x.shape[1]):
         img = x[m, n]
@@ -63,22 +70,24 @@ def _forward_member(x, w, b, out, arg, m):  # type: ignore[no-untyped-def]
                     for c in range(channels):
                         v = (bm[c] + w0[c] * x0 + w1[c] * x1 + w2[c] * x2 + w3[c] * x3 + w4[c] * x4
                              + w5[c] * x5 + w6[c] * x6 + w7[c] * x7 + w8[c] * x8)
-                        wins = (o == 0) | (v > best[c]) | (v != v)
+                        signed = sm[c] * v
+                        wins = (o == 0) | (signed > key[c]) | (v != v)
+                        key[c] = signed if wins else key[c]
                         best[c] = v if wins else best[c]
                         which[c] = position if wins else which[c]
                 pooled, where = out[n, i, j, first:last], arg[n, i, j, first:last]
                 for c in range(channels):
-                    pooled[c] = best[c] if (best[c] > 0 or best[c] != best[c]) else _ZERO
+                    pooled[c] = best[c] if (not rectify or best[c] > 0 or best[c] != best[c]) else _ZERO
                     where[c] = which[c]
 
 
-def _backward(x, g, out, arg, gw, gb):  # type: ignore[no-untyped-def]
+def _backward(x, g, rectify, out, arg, gw, gb):  # type: ignore[no-untyped-def]
     """The gradients of w and b (M x 9 x C, M x C) from the output's gradient g (N x 6 x 6 x M*C)."""
     for m in range(x.shape[0]):
-        _backward_member(x, g, out, arg, gw[m], gb[m], m)
+        _backward_member(x, g, rectify, out, arg, gw[m], gb[m], m)
 
 
-def _backward_member(x, g, out, arg, dw, db, m):  # type: ignore[no-untyped-def]
+def _backward_member(x, g, rectify, out, arg, dw, db, m):  # type: ignore[no-untyped-def]
     channels = dw.shape[1]
     passed = np.empty(channels, dw.dtype)
     dw[:] = 0
@@ -90,8 +99,8 @@ def _backward_member(x, g, out, arg, dw, db, m):  # type: ignore[no-untyped-def]
         for i in range(POOLED):
             for j in range(POOLED):
                 grad, pooled, where = g[n, i, j, first:last], out[n, i, j, first:last], arg[n, i, j, first:last]
-                for c in range(channels):  # through ReLU: where its output is positive
-                    passed[c] = grad[c] if pooled[c] > 0 else _ZERO
+                for c in range(channels):  # through ReLU, if any: where its output is positive
+                    passed[c] = grad[c] if (not rectify or pooled[c] > 0) else _ZERO
                     db[c] += passed[c]
                 for o in range(4):
                     r, s = 2 * i + o // 2, 2 * j + o % 2
@@ -117,27 +126,31 @@ _forward, _backward = _jit(_forward), _jit(_backward)
 
 
 class _FirstLayer(torch.autograd.Function):
+    """Pooled convolution: per window the value at the position where sign * value is largest
+    (max-pooling of what follows when that is sign * value scaled), rectified if asked."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sign: torch.Tensor, rectify: bool) -> torch.Tensor:  # type: ignore[override]
         members, images = x.shape[:2]
         channels = weight.shape[0] // members
         w = weight.detach().reshape(members, channels, KERNEL * KERNEL).transpose(1, 2).contiguous()
         out = torch.empty(images, POOLED, POOLED, members * channels, dtype=x.dtype)
         arg = torch.empty(out.shape, dtype=torch.uint8)
-        _forward(x.numpy(), w.numpy(), bias.detach().reshape(members, channels).numpy(), out.numpy(), arg.numpy())
+        b, sign = bias.detach().reshape(members, channels), sign.reshape(members, channels).contiguous()
+        _forward(x.numpy(), w.numpy(), b.numpy(), sign.numpy(), rectify, out.numpy(), arg.numpy())
         ctx.save_for_backward(x, out, arg)
-        ctx.channels = channels
+        ctx.channels, ctx.rectify = channels, rectify
         return out.permute(0, 3, 1, 2)  # N x M*C x 6 x 6, channels-last in memory
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor, None, None]:  # type: ignore[override]
         x, out, arg = ctx.saved_tensors
         members, channels = x.shape[0], ctx.channels
         gw = torch.empty(members, KERNEL * KERNEL, channels, dtype=x.dtype)
         gb = torch.empty(members, channels, dtype=x.dtype)
-        arrays = (x.numpy(), grad.permute(0, 2, 3, 1).contiguous().numpy(), out.numpy(), arg.numpy())
+        arrays = (x.numpy(), grad.permute(0, 2, 3, 1).contiguous().numpy(), ctx.rectify, out.numpy(), arg.numpy())
         _backward(*arrays, gw.numpy(), gb.numpy())
-        return None, gw.transpose(1, 2).reshape(members * channels, 1, KERNEL, KERNEL), gb.reshape(-1)
+        return None, gw.transpose(1, 2).reshape(members * channels, 1, KERNEL, KERNEL), gb.reshape(-1), None, None
 
 
 def fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -147,10 +160,48 @@ def fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and tuple(x.shape[2:]) == (SIZE, SIZE) and tuple(weight.shape[1:]) == (1, KERNEL, KERNEL))
 
 
-def first_layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """relu(max_pool2d(conv2d(images, weight, bias, groups=M), 2)) for M members' images.
+def first_layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm: nn.BatchNorm2d | None = None) -> torch.Tensor:
+    """relu(max_pool2d(norm(conv2d(images, weight, bias, groups=M)), 2)) for M members' images.
 
-    x: M x N x 14 x 14; weight: M*C x 1 x 3 x 3; bias: M*C. Returns N x M*C x 6 x 6 in
-    channels-last memory, the layout the second (grouped) convolution runs fastest on.
+    x: M x N x 14 x 14; weight: M*C x 1 x 3 x 3; bias: M*C; norm: batch norm over the M*C
+    channels, or none. Returns N x M*C x 6 x 6 in channels-last memory, the layout the second
+    (grouped) convolution runs fastest on.
     """
-    return _FirstLayer.apply(x.contiguous(), weight, bias)
+    x = x.contiguous()
+    if norm is None:
+        return _FirstLayer.apply(x, weight, bias, torch.ones_like(bias.detach()), True)
+    scale, shift = _batch_norm_affine(x, weight, bias, norm)
+    # Batch norm is a per-channel affine map, so pooling commutes with it: the window's largest
+    # normalised value sits where scale * value is largest. Normalise and rectify the pooled
+    # values only, a quarter of the convolution's output.
+    pooled = _FirstLayer.apply(x, weight, bias, torch.where(scale < 0, -1.0, 1.0).to(x.dtype).detach(), False)
+    return F.relu(pooled * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
+
+
+def _batch_norm_affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch norm of the (never built) convolution output as scale * value + shift per channel.
+
+    In training the batch's statistics follow from the images' 3 x 3 patches: a channel's mean
+    is w . mean(patch) + b and its variance w' cov(patch) w, each member from its own images;
+    the running statistics are updated as nn.BatchNorm2d updates them.
+    """
+    members, images = x.shape[:2]
+    if norm.training:
+        patches = F.unfold(x.reshape(members * images, 1, SIZE, SIZE), KERNEL)  # M*N x 9 x 144
+        patches = patches.view(members, images, KERNEL * KERNEL, -1).transpose(1, 2).reshape(members, KERNEL * KERNEL, -1)
+        mean_patch = patches.mean(-1, keepdim=True)
+        centred = patches - mean_patch
+        count = centred.shape[-1]
+        cov = centred @ centred.transpose(1, 2) / count  # M x 9 x 9
+        w = weight.view(members, -1, KERNEL * KERNEL)  # M x C x 9
+        mean = ((w @ mean_patch).squeeze(-1)).reshape(-1) + bias
+        var = torch.einsum("mck,mkl,mcl->mc", w, cov, w).reshape(-1)
+        with torch.no_grad():
+            norm.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+            norm.running_mean.mul_(1 - momentum).add_(momentum * mean)
+            norm.running_var.mul_(1 - momentum).add_(momentum * var * count / (count - 1))
+    else:
+        mean, var = norm.running_mean, norm.running_var
+    scale = norm.weight / torch.sqrt(var + norm.eps)
+    return scale, norm.bias - scale * mean

@@ -127,8 +127,9 @@ class Encoder(nn.Module):
         # leaves ReLU a quarter of the work.
         m, n = x.shape[:2]
         images = x.reshape(m, n, 14, 14)
-        if isinstance(self.bn1, nn.Identity) and fusable(images, self.conv1.conv.weight):
-            h = first_layer(images, self.conv1.conv.weight, self.conv1.conv.bias)  # the same, in one pass
+        if fusable(images, self.conv1.conv.weight):  # the same, in one pass over the images
+            norm = None if isinstance(self.bn1, nn.Identity) else self.bn1
+            h = first_layer(images, self.conv1.conv.weight, self.conv1.conv.bias, norm)
         else:
             h = images.permute(1, 2, 3, 0).contiguous().permute(0, 3, 1, 2)
             h = F.relu(F.max_pool2d(self.bn1(self.conv1(h)), 2))

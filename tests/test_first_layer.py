@@ -81,10 +81,11 @@ def test_fusable_only_for_cpu_images_of_the_weights_dtype_that_need_no_gradient(
 
 
 @pytest.mark.parametrize("sharing", [True, False])
-def test_twin_net_without_batch_norm_takes_the_fused_layer_and_trains_the_same(sharing, monkeypatch) -> None:
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_twin_net_takes_the_fused_layer_and_trains_the_same(sharing, batch_norm, monkeypatch) -> None:
     torch.set_default_dtype(torch.float64)
     try:
-        cfg = TwinConfig(weight_sharing=sharing, batch_norm=False, dropout=0.0)
+        cfg = TwinConfig(weight_sharing=sharing, batch_norm=batch_norm, dropout=0.0)
         x = torch.rand(2, 6, 2, 14, 14, generator=torch.Generator().manual_seed(1))
         results, calls = [], []
         monkeypatch.setattr(hpo.model, "first_layer", lambda *a: calls.append(1) or first_layer(*a))
@@ -100,3 +101,33 @@ def test_twin_net_without_batch_norm_takes_the_fused_layer_and_trains_the_same(s
             torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+def with_batch_norm(fused: bool, training: bool, x, weight, bias, grad):  # type: ignore[no-untyped-def]
+    """Output, gradients (weight, bias, scale, shift) and running statistics through batch norm
+    whose scales are partly negative, fused or as conv2d -> BatchNorm2d -> max_pool2d -> relu."""
+    norm = torch.nn.BatchNorm2d(weight.shape[0], dtype=x.dtype).train(training)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(-1.5, 2.0, weight.shape[0]))
+        norm.bias.copy_(torch.linspace(0.3, -0.2, weight.shape[0]))
+        norm.running_mean.fill_(0.05)
+        norm.running_var.fill_(0.7)
+    weight, bias = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+    if fused:
+        out = first_layer(x, weight, bias, norm)
+    else:
+        images = x.permute(1, 2, 3, 0).contiguous().permute(0, 3, 1, 2)
+        out = F.relu(F.max_pool2d(norm(F.conv2d(images, weight, bias, groups=x.shape[0])), 2))
+    out.backward(grad)
+    return [out.detach(), weight.grad, bias.grad, norm.weight.grad, norm.bias.grad, norm.running_mean, norm.running_var,
+            norm.num_batches_tracked]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["batch statistics", "running statistics"])
+def test_fused_first_layer_with_batch_norm_equals_the_unfused_layers_and_updates_the_running_statistics(training) -> None:
+    x, weight, bias, grad = inputs(torch.float64)
+    fused = with_batch_norm(True, training, x, weight, bias, grad)
+    reference = with_batch_norm(False, training, x, weight, bias, grad)
+    for ours, theirs in zip(fused, reference):
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-10)
+    assert int(fused[-1]) == int(training)
