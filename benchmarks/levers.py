@@ -26,6 +26,8 @@ Parts:
   ReLU as before, with Adam as one direct call of the fused kernel (no `Optimizer.step`
   bookkeeping), and with validation in one chunk of 200 pairs per member instead of 50;
   interleaved repeats.
+- `trial_batch_norm`: the same trial with batch norm after the first convolution, fused (as
+  it is) and unfused.
 Medians of `--repeats`; JSON to --json.
 """
 
@@ -60,6 +62,7 @@ from hpo.model import TwinNet  # noqa: E402
 from hpo.objective import Objective  # noqa: E402
 from hpo.params import configs  # noqa: E402
 from hpo.rng import generator  # noqa: E402
+from hpo.space import Fixed  # noqa: E402
 from hpo.train import _loss  # noqa: E402
 
 K, C_IN, C_OUT = 5, 32, 64
@@ -238,9 +241,11 @@ def lever(name: str) -> Iterator[None]:
         torch.optim.Adam, hpo.train.EVAL_CHUNK, hpo.model.fusable = adam, chunk, fusable  # type: ignore[misc]
 
 
-def reference_trial(epochs: int, precision: str = "float32") -> Callable[[], float]:
-    """The reference trial through hpo's Objective on the MNIST pairs of HPO_DATA_DIR."""
+def reference_trial(epochs: int, precision: str = "float32", batch_norm: bool = False) -> Callable[[], float]:
+    """The reference trial through hpo's Objective on the MNIST pairs of HPO_DATA_DIR
+    (`batch_norm`: with batch norm, as issue 14's text describes it)."""
     spec = reference_spec(replace(FULL, epochs=epochs))
+    spec = replace(spec, space={**spec.space, "batch_norm": Fixed(batch_norm)})
     pairs = cv_pairs(resolve_data_dir(None), spec.train.train_pairs, spec.seed)
     objective = Objective(spec, pairs, torch.device("cpu"), precision)
     fixed = optuna.trial.FixedTrial(REFERENCE)
@@ -270,9 +275,9 @@ def timed(trial: Callable[[], float]) -> Callable[[], tuple[float, float]]:
     return run
 
 
-def trial_part(repeats: int, epochs: int = FULL.epochs) -> dict[str, Any]:
-    trial = timed(reference_trial(epochs))
-    names = ("as_is", "unfused_first_layer", "lean_adam", "eval_chunk_200")
+def trial_part(repeats: int, epochs: int = FULL.epochs, batch_norm: bool = False) -> dict[str, Any]:
+    trial = timed(reference_trial(epochs, batch_norm=batch_norm))
+    names = ("as_is", "unfused_first_layer") + (() if batch_norm else ("lean_adam", "eval_chunk_200"))
     runs = interleaved({n: (trial, functools.partial(lever, n)) for n in names}, repeats)
     times = {n: [t for t, _ in r] for n, r in runs.items()}
     out: dict[str, Any] = {f"{n}_s": statistics.median(t) for n, t in times.items()}
@@ -311,7 +316,7 @@ def profile_part(epochs: int = 5) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", default="heap,conv2,step,profile,trial")
+    ap.add_argument("--parts", default="heap,conv2,step,profile,trial,trial_batch_norm")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="whole trials per lever (the micro-benchmarks take many more)")
     ap.add_argument("--quick", action="store_true", help="a few repeats of each part and a 1-epoch trial")
@@ -332,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "profile": lambda: profile_part(1 if args.quick else 5),
         "compile": lambda: compile_part(repeats=micro or 100),
         "trial": lambda: trial_part(1 if args.quick else args.repeats, 1 if args.quick else FULL.epochs),
+        "trial_batch_norm": lambda: trial_part(1 if args.quick else args.repeats, 1 if args.quick else FULL.epochs, batch_norm=True),
     }
     for name in args.parts.split(","):
         result[name] = parts[name]()
