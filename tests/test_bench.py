@@ -117,7 +117,7 @@ def test_levers_benchmark_checks_conv2_as_bmm_against_the_convolution_and_times_
     # Every lever computes the same trial: the same CV accuracy to float32 rounding.
     accuracies = list(trial["cv_accuracy"].values())
     assert len(accuracies) == 4 and max(accuracies) - min(accuracies) < 0.01
-    assert all(trial[f"{n}_over_as_is"] > 0 for n in ("unfused_first_layer", "lean_adam", "eval_chunk_200"))
+    assert all(trial[f"{n}_over_as_is"] > 0 for n in ("unfused_first_layer", "torch_adam", "eval_chunk_200"))
     with_norm = saved["trial_batch_norm"]  # the first layer with batch norm, fused and not
     assert with_norm["unfused_first_layer_over_as_is"] > 0 and abs(with_norm["cv_accuracy"]["as_is"] - with_norm["cv_accuracy"]["unfused_first_layer"]) < 0.05
 
