@@ -8,6 +8,7 @@ import optuna
 import pytest
 import torch
 
+import hpo.first_layer
 import hpo.model
 from hpo.model import TwinNet
 from hpo.params import configs
@@ -130,3 +131,11 @@ def test_bfloat16_levers_benchmark_times_each_layer_the_step_and_the_trial_three
     assert set(result["step"]["rounds_ms"]) == set(result["trial"]["runs_s"]) == {"float32", "bfloat16_everywhere", "bfloat16_first_layer_float32"}
     assert all(0 <= a <= 1 for accs in result["trial"]["cv_accuracy"].values() for a in accs)
     assert hpo.model.MemberConv2d.forward.__name__ == "forward"  # the lever was taken out again
+
+
+def test_batch_norm_accuracy_part_scores_the_fused_and_the_unfused_layer_per_seed(mnist_dir, monkeypatch) -> None:
+    monkeypatch.setenv("HPO_DATA_DIR", str(mnist_dir))
+    result = levers.batch_norm_accuracy_part(seeds=2, epochs=1)
+    assert {n: len(a) for n, a in result["cv_accuracy"].items()} == {"fused": 2, "unfused_first_layer": 2}
+    assert all(0.3 < a <= 1 for accs in result["cv_accuracy"].values() for a in accs)
+    assert hpo.model.fusable is hpo.first_layer.fusable, "the unfused variant was taken back"
