@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
@@ -239,11 +240,32 @@ class _SignalGuard:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
-        if self.in_objective:
-            raise Interrupted(signum)
+        if not self.in_objective:
+            return
+        if _in_finaliser(frame):
+            # Python prints and drops an exception raised in a weakref callback or __del__
+            # (numba's type caches run such callbacks on every call): send the signal again
+            # a moment later, to be raised wherever training is then.
+            threading.Timer(_REDELIVER_SECONDS, os.kill, (os.getpid(), signum)).start()
+            return
+        raise Interrupted(signum)
 
     def installed(self) -> AbstractContextManager[None]:
         return _handling_stop_signals(self._handle)
+
+
+_REDELIVER_SECONDS = 0.01
+_FINALISER_FILES = {os.path.basename(weakref.__file__), "_weakrefset.py"}
+
+
+def _in_finaliser(frame: FrameType | None) -> bool:
+    """Whether the main thread is inside a weakref callback or a __del__ method."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or os.path.basename(code.co_filename) in _FINALISER_FILES:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def fail_trials_of(study: optuna.Study, worker: str, retries: int) -> list[int]:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from test_bad_input import one_error_line
 
 from hpo.published import PUBLISHED
 from hpo.storage import open_storage
-from hpo.worker import run_until
+from hpo.worker import Interrupted, _SignalGuard, run_until
 
 ROOT = Path(__file__).resolve().parents[1]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -367,3 +368,24 @@ def test_an_objective_error_is_not_mistaken_for_a_lost_trial(tmp_path) -> None:
     with pytest.raises(ValueError, match="bug in the objective"):
         run_until(study, objective, target=3)
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
+
+
+def test_a_stop_signal_that_lands_in_a_weakref_callback_is_raised_again_in_training(recwarn) -> None:
+    """Python prints and drops an exception raised in a finaliser: the stop must not be lost there."""
+
+    class Key:
+        pass
+
+    def signalled_in_finaliser() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before this returns, inside weakref's machinery
+        sum(range(1000))
+
+    guard, key = _SignalGuard(), Key()
+    finaliser = weakref.finalize(key, signalled_in_finaliser)
+    with guard.installed(), guard.objective_running(), pytest.raises(Interrupted) as stopped:
+        del key  # the finaliser runs now, in the main thread, as numba's type caches' callbacks do
+        for _ in range(200):  # training goes on; the signal arrives again within 10 ms
+            time.sleep(0.01)
+    assert stopped.value.signum == signal.SIGTERM and guard.signum == signal.SIGTERM
+    assert not finaliser.alive
+    assert not [w for w in recwarn if issubclass(w.category, pytest.PytestUnraisableExceptionWarning)], "nothing dropped"
