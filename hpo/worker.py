@@ -15,9 +15,8 @@ import socket
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -240,32 +239,39 @@ class _SignalGuard:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
-        if not self.in_objective:
-            return
-        if _in_finaliser(frame):
-            # Python prints and drops an exception raised in a weakref callback or __del__
-            # (numba's type caches run such callbacks on every call): send the signal again
-            # a moment later, to be raised wherever training is then.
-            threading.Timer(_REDELIVER_SECONDS, os.kill, (os.getpid(), signum)).start()
-            return
-        raise Interrupted(signum)
+        if self.in_objective:
+            raise Interrupted(signum)
 
-    def installed(self) -> AbstractContextManager[None]:
-        return _handling_stop_signals(self._handle)
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        with _handling_stop_signals(self._handle), _stops_raised_in_finalisers_sent_again():
+            yield
 
 
-_REDELIVER_SECONDS = 0.01
-_FINALISER_FILES = {os.path.basename(weakref.__file__), "_weakrefset.py"}
+@contextmanager
+def _stops_raised_in_finalisers_sent_again() -> Iterator[None]:
+    """A stop raised in a finaliser is sent again 10 ms later instead of being lost.
 
+    Python prints and drops an exception raised in a weakref callback or __del__, and a signal
+    lands in one now and then (numba's type caches run such callbacks on every call): the
+    stop is then raised again wherever training is 10 ms later, and nothing is printed.
+    """
+    previous = sys.unraisablehook
 
-def _in_finaliser(frame: FrameType | None) -> bool:
-    """Whether the main thread is inside a weakref callback or a __del__ method."""
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "__del__" or os.path.basename(code.co_filename) in _FINALISER_FILES:
-            return True
-        frame = frame.f_back
-    return False
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):
+            threading.Timer(0.01, os.kill, (os.getpid(), unraisable.exc_value.signum)).start()
+        else:
+            previous(unraisable)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def fail_trials_of(study: optuna.Study, worker: str, retries: int) -> list[int]:

@@ -370,22 +370,27 @@ def test_an_objective_error_is_not_mistaken_for_a_lost_trial(tmp_path) -> None:
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL]
 
 
-def test_a_stop_signal_that_lands_in_a_weakref_callback_is_raised_again_in_training(recwarn) -> None:
+@pytest.mark.parametrize("finaliser", ["weakref callback", "weakref.finalize", "__del__"])
+def test_a_stop_signal_that_lands_in_a_finaliser_is_raised_again_in_training(finaliser, recwarn) -> None:
     """Python prints and drops an exception raised in a finaliser: the stop must not be lost there."""
 
-    class Key:
-        pass
-
-    def signalled_in_finaliser() -> None:
-        os.kill(os.getpid(), signal.SIGTERM)  # handled before this returns, inside weakref's machinery
+    def signalled() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # handled before this returns, inside the finaliser
         sum(range(1000))
 
+    class Key:
+        def __del__(self) -> None:
+            if finaliser == "__del__":
+                signalled()
+
     guard, key = _SignalGuard(), Key()
-    finaliser = weakref.finalize(key, signalled_in_finaliser)
+    keep = weakref.ref(key, lambda _: signalled()) if finaliser == "weakref callback" else None
+    if finaliser == "weakref.finalize":
+        weakref.finalize(key, signalled)
     with guard.installed(), guard.objective_running(), pytest.raises(Interrupted) as stopped:
         del key  # the finaliser runs now, in the main thread, as numba's type caches' callbacks do
         for _ in range(200):  # training goes on; the signal arrives again within 10 ms
             time.sleep(0.01)
     assert stopped.value.signum == signal.SIGTERM and guard.signum == signal.SIGTERM
-    assert not finaliser.alive
-    assert not [w for w in recwarn if issubclass(w.category, pytest.PytestUnraisableExceptionWarning)], "nothing dropped"
+    assert keep is None or keep() is None
+    assert not [w for w in recwarn if issubclass(w.category, pytest.PytestUnraisableExceptionWarning)]
