@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -78,6 +79,23 @@ def _fail_stale_trials(study: optuna.Study) -> None:
         return
     with experimental():
         optuna.storages.fail_stale_trials(study)  # a later worker cleans up after a dead one
+    _fail_unclaimed_trials(study, 3 * interval)
+
+
+def _fail_unclaimed_trials(study: optuna.Study, grace: float) -> None:
+    """Fail RUNNING trials that no worker claimed within `grace` seconds of asking for them.
+
+    A worker that died or lost the store between asking for a trial and its first heartbeat
+    leaves a trial with neither heartbeat nor "worker" attribute, which Optuna's stale check
+    skips for ever. Nothing was sampled or trained yet, so there is nothing to retry.
+    """
+    cutoff = datetime.now() - timedelta(seconds=grace)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "worker" not in trial.user_attrs and trial.datetime_start is not None and trial.datetime_start < cutoff:
+            try:
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # claimed or failed meanwhile
 
 
 @contextmanager

@@ -337,6 +337,20 @@ def _lost_trial_study(tmp_path: Path) -> tuple[optuna.Study, optuna.storages.RDB
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_trial_asked_for_by_a_worker_that_died_before_its_first_heartbeat_is_failed(tmp_path) -> None:
+    study, _ = _lost_trial_study(tmp_path)
+    orphan = study.ask()  # then the worker died (or lost the store): no heartbeat, no "worker"
+    claimed = study.ask()
+    claimed.set_user_attr("worker", "elsewhere:1")  # one that a live worker holds
+    time.sleep(3.5)  # the grace period: 3 heartbeat intervals of 1 s
+    run_until(study, lambda trial: 1.0, target=1)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[orphan.number] == TrialState.FAIL
+    assert states[claimed.number] == TrialState.RUNNING, "a claimed trial is left to the heartbeat check"
+    assert sum(s == TrialState.COMPLETE for s in states.values()) == 1
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 @pytest.mark.parametrize("then", ["returns", "reports"])
 def test_worker_drops_a_trial_another_worker_failed_as_stale_and_goes_on(tmp_path, then) -> None:
     study, storage = _lost_trial_study(tmp_path)
