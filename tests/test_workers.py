@@ -337,6 +337,7 @@ def _lost_trial_study(tmp_path: Path) -> tuple[optuna.Study, optuna.storages.RDB
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")  # the bare asks
 def test_a_trial_asked_for_by_a_worker_that_died_before_its_first_heartbeat_is_failed(tmp_path) -> None:
     study, _ = _lost_trial_study(tmp_path)
     orphan = study.ask()  # then the worker died (or lost the store): no heartbeat, no "worker"
