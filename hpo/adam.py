@@ -1,4 +1,4 @@
-"""Adam as one call of torch's fused kernel per step, its tensor lists built once.
+"""Adam as one call of torch's fused kernel per step, its state kept in plain lists.
 
 `torch.optim.Adam(fused=True)` runs the same kernel, `torch._fused_adam_`, but wraps every
 step in bookkeeping (tensors grouped by device and dtype, state checks, profiler hooks): about

@@ -25,6 +25,7 @@ from hpo.resilient import Notify, Outage, ResilientRDBStorage, stderr_line
 
 DEFAULT_STORAGE = "sqlite:///storage/hpo.db"
 DEFAULT_RETRIES = 2
+GRACE_INTERVALS = 3  # a running trial whose heartbeat is this many intervals late is stale
 SQLITE_BUSY_TIMEOUT = 60.0
 T = TypeVar("T")
 # One connection kept per worker; a second (the heartbeat thread's, when it overlaps the main
@@ -85,7 +86,7 @@ def open_storage(
             if heartbeat_interval is not None:
                 heartbeat = {
                     "heartbeat_interval": heartbeat_interval,
-                    "grace_period": 3 * heartbeat_interval,
+                    "grace_period": GRACE_INTERVALS * heartbeat_interval,
                     "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=retries),
                 }
             sqlite = parsed.get_backend_name() == "sqlite"

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.experimental import experimental
 from hpo.resilient import MAX_BACKOFF, recovered_within
-from hpo.storage import DEFAULT_RETRIES
+from hpo.storage import DEFAULT_RETRIES, GRACE_INTERVALS
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 TrialCallback = Callable[[optuna.Study, FrozenTrial], None]
@@ -75,11 +75,11 @@ def _fail_stale_trials(study: optuna.Study) -> None:
     the other workers' heartbeat threads need up to one interval plus a back-off to catch up.
     """
     interval = getattr(study._storage, "get_heartbeat_interval", lambda: None)()
-    if interval is None or recovered_within(3 * interval + MAX_BACKOFF):
+    if interval is None or recovered_within(GRACE_INTERVALS * interval + MAX_BACKOFF):
         return
     with experimental():
         optuna.storages.fail_stale_trials(study)  # a later worker cleans up after a dead one
-    _fail_unclaimed_trials(study, 3 * interval)
+    _fail_unclaimed_trials(study, GRACE_INTERVALS * interval)
 
 
 def _fail_unclaimed_trials(study: optuna.Study, grace: float) -> None:
@@ -219,13 +219,29 @@ def stop_signals_raise() -> Iterator[None]:
 
 @contextmanager
 def _handling_stop_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """`handler` for SIGINT and SIGTERM, and a stop it raises inside a finaliser sent again.
+
+    Python prints and drops an exception raised in a weakref callback or __del__, and a signal
+    lands in one now and then (numba's type caches run such callbacks on every call): the
+    stop is then raised again wherever the main thread is 10 ms later, and nothing is printed.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield  # signals are only delivered to the main thread
         return
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, Interrupted):
+            threading.Timer(0.01, os.kill, (os.getpid(), unraisable.exc_value.signum)).start()
+        else:
+            previous_hook(unraisable)
+
+    sys.unraisablehook = hook
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for s, old in previous.items():
             signal.signal(s, old)
 
@@ -260,36 +276,8 @@ class _SignalGuard:
         if self.in_objective:
             raise Interrupted(signum)
 
-    @contextmanager
-    def installed(self) -> Iterator[None]:
-        with _handling_stop_signals(self._handle), _stops_raised_in_finalisers_sent_again():
-            yield
-
-
-@contextmanager
-def _stops_raised_in_finalisers_sent_again() -> Iterator[None]:
-    """A stop raised in a finaliser is sent again 10 ms later instead of being lost.
-
-    Python prints and drops an exception raised in a weakref callback or __del__, and a signal
-    lands in one now and then (numba's type caches run such callbacks on every call): the
-    stop is then raised again wherever training is 10 ms later, and nothing is printed.
-    """
-    previous = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-        if isinstance(unraisable.exc_value, Interrupted):
-            threading.Timer(0.01, os.kill, (os.getpid(), unraisable.exc_value.signum)).start()
-        else:
-            previous(unraisable)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    sys.unraisablehook = hook
-    try:
-        yield
-    finally:
-        sys.unraisablehook = previous
+    def installed(self) -> AbstractContextManager[None]:
+        return _handling_stop_signals(self._handle)
 
 
 def fail_trials_of(study: optuna.Study, worker: str, retries: int) -> list[int]:
