@@ -11,9 +11,10 @@ Parts:
   step of the reference network (5 members x 25 pairs; its time and page faults), then the
   whole reference trial.
 - `conv2`: the second convolution (5 members x 50 images, 32 -> 64 channels, 6x6 -> 4x4) forward
-  and backward as oneDNN's grouped convolution (what TwinNet runs) against im2col + `bmm`
-  (patches gathered once, the input gradient scattered back window by window); both checked
-  equal first.
+  and backward as oneDNN's grouped convolution (what TwinNet ran before hpo/winograd.py)
+  against im2col + `bmm` (patches gathered once, the input gradient scattered back window by
+  window) and against Winograd's F(4x4, 3x3) (hpo/winograd.py, what TwinNet runs on the CPU);
+  all checked equal first.
 - `step`: one training step of the reference network (5 members) at 1, 5 and 25 pairs per
   member: what a step costs that the batch does not pay for (dispatch, oneDNN set-up, Python).
 - `compile`: the same step with the network under `torch.compile` (inductor; dropout off in
@@ -24,12 +25,16 @@ Parts:
 - `trial`: the reference trial (bench.REFERENCE through hpo's Objective) as it is (the first
   layer fused, hpo/first_layer.py; Adam as one call of the fused kernel, hpo/adam.py), with
   that layer through PyTorch's convolution, pooling and ReLU as before, with
-  `torch.optim.Adam(fused=True)` as before (its per-step bookkeeping), and with validation in
-  one chunk of 200 pairs per member instead of 50; interleaved repeats.
+  `torch.optim.Adam(fused=True)` as before (its per-step bookkeeping), with the second
+  convolution as oneDNN's grouped convolution instead of Winograd's (`direct_conv2`), and
+  with validation in one chunk of 200 pairs per member instead of 50; interleaved repeats.
 - `trial_batch_norm`: the same trial with batch norm after the first convolution, fused (as
   it is) and unfused.
 - `batch_norm_accuracy`: that trial's CV accuracy, fused and unfused, for seeds 0 to 4 (not
   in the default parts; about 2 minutes at 1 thread).
+- `winograd_accuracy`, `winograd_accuracy_batch_norm`: the reference trial's CV accuracy
+  without and with batch norm, the second convolution by Winograd and direct, seeds 0 to 4
+  (not in the default parts; about 2 minutes each at 1 thread).
 Medians of `--repeats`; JSON to --json.
 """
 
@@ -66,6 +71,7 @@ from hpo.params import configs  # noqa: E402
 from hpo.rng import generator  # noqa: E402
 from hpo.space import Fixed  # noqa: E402
 from hpo.train import _loss  # noqa: E402
+from hpo.winograd import winograd_conv  # noqa: E402
 
 K, C_IN, C_OUT = 5, 32, 64
 KEPT_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
@@ -106,15 +112,25 @@ def conv2_part(images: int = 50, repeats: int = 40) -> dict[str, float]:
                 grad_x[:, kh : kh + 4, kw : kw + 4] += grad_p[:, :, :, :, kh, kw].permute(1, 2, 3, 0, 4)
         return y, grad_x, grad_w, gm.sum(1)
 
-    y, gx, *_ = onednn()
+    xw, ww, bw = (t.detach().requires_grad_() for t in (x, w, b))
+
+    def winograd() -> tuple[torch.Tensor, ...]:
+        y = winograd_conv(xw, ww, bw, K)
+        return y, *torch.autograd.grad(y, (xw, ww, bw), g)
+
+    y, gx, gw, _ = onednn()
     y2, gx2, *_ = im2col_bmm()
+    if any((a - b).abs().max() > 1e-4 * a.abs().max() for a, b in zip((y, gx, gw), winograd())):
+        raise SystemExit("Winograd's F(4x4, 3x3) does not compute what the grouped convolution computes")
     same = torch.allclose(y.permute(0, 2, 3, 1).reshape(images * 16, K, C_OUT).transpose(0, 1), y2, atol=1e-4) and torch.allclose(
         gx.permute(0, 2, 3, 1).reshape(images, 6, 6, K, C_IN), gx2, atol=1e-4
     )
     if not same:
         raise SystemExit("im2col + bmm does not compute what the grouped convolution computes")
-    out = {"onednn_ms": median_ms(onednn, repeats), "im2col_bmm_ms": median_ms(im2col_bmm, repeats)}
+    out = {"onednn_ms": median_ms(onednn, repeats), "im2col_bmm_ms": median_ms(im2col_bmm, repeats),
+           "winograd_ms": median_ms(winograd, repeats)}
     out["im2col_bmm_over_onednn"] = out["im2col_bmm_ms"] / out["onednn_ms"]
+    out["onednn_over_winograd"] = out["onednn_ms"] / out["winograd_ms"]
     return out
 
 
@@ -206,7 +222,7 @@ def compile_part(repeats: int = 100) -> dict[str, float]:
 
 @contextlib.contextmanager
 def lever(name: str) -> Iterator[None]:
-    adam, chunk, fusable = hpo.train.make_adam, hpo.train.EVAL_CHUNK, hpo.model.fusable
+    adam, chunk, fusable, winograd = hpo.train.make_adam, hpo.train.EVAL_CHUNK, hpo.model.fusable, hpo.model.winograd_fits
     if name == "torch_adam":  # torch.optim's fused Adam with its per-step bookkeeping, as before hpo.adam
         hpo.train.make_adam = lambda params, lr, betas, decay, device: torch.optim.Adam(
             params, lr=lr, betas=betas, weight_decay=decay, fused=True)
@@ -214,10 +230,12 @@ def lever(name: str) -> Iterator[None]:
         hpo.train.EVAL_CHUNK = 200
     elif name == "unfused_first_layer":  # PyTorch's convolution, pooling and ReLU, as before the fused layer
         hpo.model.fusable = lambda *_: False
+    elif name == "direct_conv2":  # oneDNN's grouped convolution for the second layer, as before Winograd
+        hpo.model.winograd_fits = lambda *_: False
     try:
         yield
     finally:
-        hpo.train.make_adam, hpo.train.EVAL_CHUNK, hpo.model.fusable = adam, chunk, fusable
+        hpo.train.make_adam, hpo.train.EVAL_CHUNK, hpo.model.fusable, hpo.model.winograd_fits = adam, chunk, fusable, winograd
 
 
 def reference_trial(epochs: int, precision: str = "float32", batch_norm: bool = False, seed: int | None = None) -> Callable[[], float]:
@@ -257,7 +275,7 @@ def timed(trial: Callable[[], float]) -> Callable[[], tuple[float, float]]:
 
 def trial_part(repeats: int, epochs: int = FULL.epochs, batch_norm: bool = False) -> dict[str, Any]:
     trial = timed(reference_trial(epochs, batch_norm=batch_norm))
-    names = ("as_is", "unfused_first_layer") + (() if batch_norm else ("torch_adam", "eval_chunk_200"))
+    names = ("as_is", "direct_conv2", "unfused_first_layer") + (() if batch_norm else ("torch_adam", "eval_chunk_200"))
     runs = interleaved({n: (trial, functools.partial(lever, n)) for n in names}, repeats)
     times = {n: [t for t, _ in r] for n, r in runs.items()}
     out: dict[str, Any] = {f"{n}_s": statistics.median(t) for n, t in times.items()}
@@ -266,14 +284,15 @@ def trial_part(repeats: int, epochs: int = FULL.epochs, batch_norm: bool = False
     return out
 
 
-def batch_norm_accuracy_part(seeds: int, epochs: int = FULL.epochs) -> dict[str, Any]:
-    """CV accuracy of the reference trial with batch norm, seeds 0..seeds-1, fused and unfused."""
-    accuracies: dict[str, list[float]] = {"fused": [], "unfused_first_layer": []}
+def accuracy_part(seeds: int, epochs: int, batch_norm: bool, against: str) -> dict[str, Any]:
+    """CV accuracy of the reference trial (with batch norm or without), seeds 0..seeds-1, as
+    it is and with lever `against` taken back."""
+    accuracies: dict[str, list[float]] = {"as_is": [], against: []}
     for seed in range(seeds):
-        trial = reference_trial(epochs, batch_norm=True, seed=seed)
-        for name, variant in (("fused", "as_is"), ("unfused_first_layer", "unfused_first_layer")):
-            with lever(variant):
-                accuracies[name].append(trial())
+        trial = reference_trial(epochs, batch_norm=batch_norm, seed=seed)
+        for name, runs in accuracies.items():
+            with lever(name):
+                runs.append(trial())
     return {"cv_accuracy": accuracies, "mean": {n: statistics.mean(a) for n, a in accuracies.items()}}
 
 
@@ -322,6 +341,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     result: dict[str, Any] = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__, "quick": args.quick}
     micro = 3 if args.quick else None
+    seeds_epochs = (1, 1) if args.quick else (5, FULL.epochs)
     parts = {
         "conv2": lambda: conv2_part(repeats=micro or 40),
         "step": lambda: step_part(repeats=micro or 200),
@@ -329,7 +349,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "profile": lambda: profile_part(1 if args.quick else 5),
         "compile": lambda: compile_part(repeats=micro or 100),
         "trial": lambda: trial_part(1 if args.quick else args.repeats, 1 if args.quick else FULL.epochs),
-        "batch_norm_accuracy": lambda: batch_norm_accuracy_part(1 if args.quick else 5, 1 if args.quick else FULL.epochs),
+        "batch_norm_accuracy": lambda: accuracy_part(*seeds_epochs, True, "unfused_first_layer"),
+        "winograd_accuracy": lambda: accuracy_part(*seeds_epochs, False, "direct_conv2"),
+        "winograd_accuracy_batch_norm": lambda: accuracy_part(*seeds_epochs, True, "direct_conv2"),
         "trial_batch_norm": lambda: trial_part(1 if args.quick else args.repeats, 1 if args.quick else FULL.epochs, batch_norm=True),
     }
     for name in args.parts.split(","):

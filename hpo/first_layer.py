@@ -24,22 +24,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from numba import njit
 from torch import nn
+
+from hpo.compiled import jit
 
 SIZE, KERNEL, POOLED = 14, 3, 6  # 14 x 14 digits, 3 x 3 kernel: 12 x 12, pooled to 6 x 6
 # A float32 zero: an int literal would make the loops' float32 arithmetic float64 (float64 stays float64).
 _ZERO = np.float32(0)
-
-
-_OPTIONS = dict(boundscheck=False, error_model="numpy", fastmath={"contract"}, nogil=True)
-
-
-def _jit(function):  # type: ignore[no-untyped-def]
-    try:
-        return njit(cache=True, **_OPTIONS)(function)
-    except RuntimeError:  # no writable cache folder (a read-only install and no home): compile each run
-        return njit(**_OPTIONS)(function)
 
 
 def _forward(x, w, b, sign, rectify, out, arg):  # type: ignore[no-untyped-def]
@@ -121,8 +112,8 @@ def _backward_member(x, g, rectify, out, arg, dw, db, m):  # type: ignore[no-unt
                         d8[c] += go * x8
 
 
-_forward_member, _backward_member = _jit(_forward_member), _jit(_backward_member)
-_forward, _backward = _jit(_forward), _jit(_backward)
+_forward_member, _backward_member = jit(_forward_member), jit(_backward_member)
+_forward, _backward = jit(_forward), jit(_backward)
 
 
 class _FirstLayer(torch.autograd.Function):

@@ -1,0 +1,115 @@
+"""The second convolution by Winograd's F(4x4, 3x3) computes what the grouped convolution computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hpo.model
+import hpo.winograd as winograd
+from hpo.model import TwinNet
+from hpo.params import TwinConfig
+from hpo.rng import generator
+from hpo.winograd import winograd_conv, winograd_fits
+
+
+def inputs(members: int, cin: int, cout: int, images: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Rectified maps (as the first layer hands on), weights, biases and the output's gradient."""
+    gen = torch.Generator().manual_seed(members * 100 + cin)
+    x = torch.randn(images, members * cin, 6, 6, generator=gen, dtype=dtype).relu()
+    weight = 0.2 * torch.randn(members * cout, cin, 3, 3, generator=gen, dtype=dtype)
+    bias = 0.1 * torch.randn(members * cout, generator=gen, dtype=dtype)
+    grad = torch.randn(images, members * cout, 4, 4, generator=gen, dtype=dtype)
+    return [x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last), bias, grad]
+
+
+def output_and_gradients(conv, x, weight, bias, grad, members):  # type: ignore[no-untyped-def]
+    x, weight, bias = (t.detach().clone().requires_grad_() for t in (x, weight, bias))
+    out = conv(x, weight, bias, members)
+    return [out.detach(), *torch.autograd.grad(out, (x, weight, bias), grad)]
+
+
+def grouped(x, weight, bias, members):  # type: ignore[no-untyped-def]
+    return F.conv2d(x, weight, bias, groups=members)
+
+
+@pytest.mark.parametrize("members,cin,cout,images", [(5, 32, 64, 50), (3, 8, 16, 7), (1, 1, 1, 1), (2, 3, 5, 4)])
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
+def test_winograd_equals_the_grouped_convolution_with_every_gradient(members, cin, cout, images, dtype, tolerance) -> None:
+    data = inputs(members, cin, cout, images, dtype)
+    assert winograd_fits(data[0], data[1])
+    ours = output_and_gradients(winograd_conv, *data, members)
+    reference = output_and_gradients(grouped, *data, members)
+    for name, a, b in zip(("output", "input gradient", "weight gradient", "bias gradient"), ours, reference):
+        assert a.dtype == dtype and a.shape == b.shape, name
+        error = ((a - b).abs().max() / b.abs().max()).item()
+        assert error < tolerance, f"{name}: relative error {error:.2e}"
+    assert ours[0].is_contiguous(memory_format=torch.channels_last), "the layout pooling and batch norm run fastest on"
+
+
+def test_float32_rounding_stays_within_ten_times_the_direct_convolutions() -> None:
+    # F(4x4, 3x3)'s transforms multiply by up to 8 and 5: more rounding than the direct sum,
+    # bounded here against float64 on the reference layer's shapes.
+    data = inputs(5, 32, 64, 50, torch.float64)
+    exact = output_and_gradients(grouped, *data, 5)
+    single = [t.float() for t in data]
+    for ours, direct, truth in zip(output_and_gradients(winograd_conv, *single, 5), output_and_gradients(grouped, *single, 5), exact):
+        scale = truth.abs().max()
+        ours_error, direct_error = ((ours.double() - truth).abs().max() / scale).item(), ((direct.double() - truth).abs().max() / scale).item()
+        assert ours_error < max(10 * direct_error, 1e-6), (ours_error, direct_error)
+
+
+def test_winograd_passes_gradcheck() -> None:
+    x, weight, bias, _ = inputs(2, 3, 4, 3, torch.float64)
+    args = (x.detach().requires_grad_(), weight.detach().requires_grad_(), bias.detach().requires_grad_())
+    assert torch.autograd.gradcheck(lambda *t: winograd_conv(*t, 2), args)
+
+
+def test_winograd_fits_only_cpu_float_maps_of_6x6_with_3x3_kernels_outside_autocast() -> None:
+    x, weight, _, _ = inputs(2, 3, 4, 3, torch.float32)
+    assert winograd_fits(x, weight)
+    assert not winograd_fits(x.double(), weight)
+    assert not winograd_fits(x.bfloat16(), weight.bfloat16())
+    assert not winograd_fits(x[..., :5, :5], weight)
+    assert not winograd_fits(x, weight[..., :2, :2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not winograd_fits(x, weight), "under autocast the bfloat16 convolution is what was asked for"
+
+
+def test_members_that_do_not_divide_the_channels_are_refused() -> None:
+    x, weight, bias, _ = inputs(2, 3, 4, 3, torch.float32)
+    with pytest.raises(ValueError, match="members"):
+        winograd_conv(x, weight, bias, 3)
+
+
+@pytest.mark.parametrize("sharing", [True, False])
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_twin_net_takes_winograd_for_the_second_convolution_and_trains_the_same(sharing, batch_norm, monkeypatch) -> None:
+    torch.set_default_dtype(torch.float64)
+    try:
+        cfg = TwinConfig(weight_sharing=sharing, batch_norm=batch_norm, dropout=0.0)
+        x = torch.rand(2, 6, 2, 14, 14, generator=torch.Generator().manual_seed(1))
+        results, calls = [], []
+        monkeypatch.setattr(hpo.model, "winograd_conv", lambda *a: calls.append(1) or winograd_conv(*a))
+        for fast in (True, False):
+            if not fast:
+                monkeypatch.setattr(hpo.model, "winograd_fits", lambda *_: False)
+            net = TwinNet(cfg, members=2).init_([generator(s, "init") for s in range(2)])
+            answer, digits = net(x)
+            (answer.sum() + digits.square().sum()).backward()
+            results.append([answer.detach(), digits.detach()] + [p.grad for p in net.parameters()])
+            assert len(calls) == 1, "one forward through Winograd, none on the direct path"
+        for ours, theirs in zip(*results):
+            torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-11)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+@pytest.mark.parametrize("name", ["_bt", "_b", "_at", "_a"])
+def test_the_written_out_transforms_are_the_matrices_of_lavin_and_gray(name) -> None:
+    matrix = {"_bt": winograd._BT, "_b": winograd._BT.T, "_at": winograd._AT, "_a": winograd._AT.T}[name]
+    k = np.array([2, 4, 5, 8], dtype=np.float64)
+    columns = [getattr(winograd, name)(*unit, k) for unit in np.eye(matrix.shape[1])]
+    np.testing.assert_array_equal(np.array(columns).T, matrix)
