@@ -222,7 +222,7 @@ def compile_part(repeats: int = 100) -> dict[str, float]:
 
 @contextlib.contextmanager
 def lever(name: str) -> Iterator[None]:
-    adam, chunk, fusable, winograd = hpo.train.make_adam, hpo.train.EVAL_CHUNK, hpo.model.fusable, hpo.model.winograd_fits
+    adam, chunk, fusable, winograd = hpo.train.make_adam, hpo.train.EVAL_CHUNK, hpo.model.fusable, hpo.model.winograd_pays
     if name == "torch_adam":  # torch.optim's fused Adam with its per-step bookkeeping, as before hpo.adam
         hpo.train.make_adam = lambda params, lr, betas, decay, device: torch.optim.Adam(
             params, lr=lr, betas=betas, weight_decay=decay, fused=True)
@@ -231,11 +231,11 @@ def lever(name: str) -> Iterator[None]:
     elif name == "unfused_first_layer":  # PyTorch's convolution, pooling and ReLU, as before the fused layer
         hpo.model.fusable = lambda *_: False
     elif name == "direct_conv2":  # oneDNN's grouped convolution for the second layer, as before Winograd
-        hpo.model.winograd_fits = lambda *_: False
+        hpo.model.winograd_pays = lambda *_: False
     try:
         yield
     finally:
-        hpo.train.make_adam, hpo.train.EVAL_CHUNK, hpo.model.fusable, hpo.model.winograd_fits = adam, chunk, fusable, winograd
+        hpo.train.make_adam, hpo.train.EVAL_CHUNK, hpo.model.fusable, hpo.model.winograd_pays = adam, chunk, fusable, winograd
 
 
 def reference_trial(epochs: int, precision: str = "float32", batch_norm: bool = False, seed: int | None = None) -> Callable[[], float]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from hpo.first_layer import first_layer, fusable
 from hpo.params import TwinConfig
-from hpo.winograd import winograd_conv, winograd_fits
+from hpo.winograd import winograd_conv, winograd_pays
 
 __all__ = ["TwinConfig", "TwinNet", "compare_digits"]
 
@@ -135,7 +135,7 @@ class Encoder(nn.Module):
             h = images.permute(1, 2, 3, 0).contiguous().permute(0, 3, 1, 2)
             h = F.relu(F.max_pool2d(self.bn1(self.conv1(h)), 2))
         conv2 = self.conv2.conv
-        if winograd_fits(h, conv2.weight):  # the same, with a quarter of the multiplies
+        if winograd_pays(h, conv2.weight):  # the same, with a quarter of the multiplies
             h = winograd_conv(h, conv2.weight, conv2.bias, self.members)
         else:
             h = self.conv2(h)

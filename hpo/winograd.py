@@ -11,10 +11,9 @@ ten times the direct convolution's (relative 5e-6 against 4e-7 on random data; t
 it), far below what training notices.
 
 The data transforms run in four loops compiled by numba (one thread, cached on disk, as the
-first layer's); the products are one `torch.bmm` each way. Per training step of the reference
-trial (5 members, 50 images, 32 -> 64 channels) the layer and its backward take 1.4x less time
-than oneDNN's grouped convolution at one thread; at two threads, where the transforms stay on
-one, they break even (docs/performance.md).
+first layer's); the products are one `torch.bmm` each way. The reference trial trains 1.16x
+faster this way at one thread; at two, where the transforms stay on one thread, it was 2 %
+slower, so the model takes this path only on one thread (`winograd_pays`).
 """
 
 from __future__ import annotations
@@ -195,6 +194,14 @@ def winograd_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and weight.device.type == "cpu" and x.dtype == weight.dtype
             and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu")
             and x.dim() == 4 and tuple(x.shape[2:]) == (SIZE, SIZE) and tuple(weight.shape[2:]) == (KERNEL, KERNEL))
+
+
+def winograd_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether to take `winograd_conv`: where it fits and torch runs on one thread (hpo's
+    default: one worker per core, one thread each). On more threads oneDNN's convolution
+    spreads over all of them while the transforms stay on one, and it was as fast or faster
+    (docs/performance.md)."""
+    return torch.get_num_threads() == 1 and winograd_fits(x, weight)
 
 
 def winograd_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, members: int) -> torch.Tensor:

@@ -168,3 +168,35 @@ def new_postgres_db(postgres_server: sqlalchemy.URL) -> Iterator[Callable[[], st
 def postgres_url(new_postgres_db: Callable[[], str]) -> str:
     """A fresh, empty PostgreSQL database of this test's own."""
     return new_postgres_db()
+
+
+@pytest.fixture
+def trains_the_same_without(monkeypatch: pytest.MonkeyPatch) -> Callable[[object, str, str], None]:
+    """check(cfg, path, fits): a 2-member TwinNet in float64 computes the same answers, digits
+    and gradients through hpo.model's fast path `path` (run exactly once) as with its check
+    `fits` patched to refuse it."""
+    import hpo.model
+    from hpo.model import TwinNet
+    from hpo.rng import generator
+
+    def check(cfg: object, path: str, fits: str) -> None:
+        torch.set_default_dtype(torch.float64)
+        try:
+            x = torch.rand(2, 6, 2, 14, 14, generator=torch.Generator().manual_seed(1))
+            results, calls = [], []
+            fast_path = getattr(hpo.model, path)
+            monkeypatch.setattr(hpo.model, path, lambda *a: calls.append(1) or fast_path(*a))
+            for fast in (True, False):
+                if not fast:
+                    monkeypatch.setattr(hpo.model, fits, lambda *_: False)
+                net = TwinNet(cfg, members=2).init_([generator(s, "init") for s in range(2)])  # type: ignore[arg-type]
+                answer, digits = net(x)
+                (answer.sum() + digits.square().sum()).backward()
+                results.append([answer.detach(), digits.detach()] + [p.grad for p in net.parameters()])
+                assert len(calls) == 1, f"one forward through {path}, none on the other path"
+            for ours, theirs in zip(*results):
+                torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-11)
+        finally:
+            torch.set_default_dtype(torch.float32)
+
+    return check

@@ -6,11 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hpo.model
 from hpo.first_layer import first_layer, fusable
-from hpo.model import TwinNet
 from hpo.params import TwinConfig
-from hpo.rng import generator
 
 MEMBERS, IMAGES, CHANNELS = 3, 20, 8
 
@@ -82,25 +79,8 @@ def test_fusable_only_for_cpu_images_of_the_weights_dtype_that_need_no_gradient(
 
 @pytest.mark.parametrize("sharing", [True, False])
 @pytest.mark.parametrize("batch_norm", [True, False])
-def test_twin_net_takes_the_fused_layer_and_trains_the_same(sharing, batch_norm, monkeypatch) -> None:
-    torch.set_default_dtype(torch.float64)
-    try:
-        cfg = TwinConfig(weight_sharing=sharing, batch_norm=batch_norm, dropout=0.0)
-        x = torch.rand(2, 6, 2, 14, 14, generator=torch.Generator().manual_seed(1))
-        results, calls = [], []
-        monkeypatch.setattr(hpo.model, "first_layer", lambda *a: calls.append(1) or first_layer(*a))
-        for fused in (True, False):
-            if not fused:
-                monkeypatch.setattr(hpo.model, "fusable", lambda *_: False)
-            net = TwinNet(cfg, members=2).init_([generator(s, "init") for s in range(2)])
-            answer, digits = net(x)
-            (answer.sum() + digits.square().sum()).backward()
-            results.append([answer.detach(), digits.detach()] + [p.grad for p in net.parameters()])
-            assert len(calls) == 1, "one forward through the fused layer, none through the unfused path"
-        for ours, theirs in zip(*results):
-            torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
-    finally:
-        torch.set_default_dtype(torch.float32)
+def test_twin_net_takes_the_fused_layer_and_trains_the_same(sharing, batch_norm, trains_the_same_without) -> None:
+    trains_the_same_without(TwinConfig(weight_sharing=sharing, batch_norm=batch_norm, dropout=0.0), "first_layer", "fusable")
 
 
 def with_batch_norm(fused: bool, training: bool, x, weight, bias, grad):  # type: ignore[no-untyped-def]

@@ -7,12 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hpo.model
 import hpo.winograd as winograd
-from hpo.model import TwinNet
 from hpo.params import TwinConfig
-from hpo.rng import generator
-from hpo.winograd import winograd_conv, winograd_fits
+from hpo.winograd import winograd_conv, winograd_fits, winograd_pays
 
 
 def inputs(members: int, cin: int, cout: int, images: int, dtype: torch.dtype) -> list[torch.Tensor]:
@@ -86,25 +83,25 @@ def test_members_that_do_not_divide_the_channels_are_refused() -> None:
 
 @pytest.mark.parametrize("sharing", [True, False])
 @pytest.mark.parametrize("batch_norm", [True, False])
-def test_twin_net_takes_winograd_for_the_second_convolution_and_trains_the_same(sharing, batch_norm, monkeypatch) -> None:
-    torch.set_default_dtype(torch.float64)
-    try:
-        cfg = TwinConfig(weight_sharing=sharing, batch_norm=batch_norm, dropout=0.0)
-        x = torch.rand(2, 6, 2, 14, 14, generator=torch.Generator().manual_seed(1))
-        results, calls = [], []
-        monkeypatch.setattr(hpo.model, "winograd_conv", lambda *a: calls.append(1) or winograd_conv(*a))
-        for fast in (True, False):
-            if not fast:
-                monkeypatch.setattr(hpo.model, "winograd_fits", lambda *_: False)
-            net = TwinNet(cfg, members=2).init_([generator(s, "init") for s in range(2)])
-            answer, digits = net(x)
-            (answer.sum() + digits.square().sum()).backward()
-            results.append([answer.detach(), digits.detach()] + [p.grad for p in net.parameters()])
-            assert len(calls) == 1, "one forward through Winograd, none on the direct path"
-        for ours, theirs in zip(*results):
-            torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-11)
-    finally:
-        torch.set_default_dtype(torch.float32)
+def test_twin_net_takes_winograd_for_the_second_convolution_on_one_thread_and_trains_the_same(
+    sharing, batch_norm, trains_the_same_without, one_thread
+) -> None:
+    trains_the_same_without(TwinConfig(weight_sharing=sharing, batch_norm=batch_norm, dropout=0.0), "winograd_conv", "winograd_pays")
+
+
+def test_winograd_pays_only_on_one_thread(one_thread) -> None:
+    x, weight, _, _ = inputs(2, 3, 4, 3, torch.float32)
+    assert winograd_pays(x, weight) and not winograd_pays(x.double(), weight)
+    torch.set_num_threads(2)
+    assert not winograd_pays(x, weight), "oneDNN's convolution uses every thread; the transforms one"
+
+
+@pytest.fixture
+def one_thread():  # type: ignore[no-untyped-def]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", ["_bt", "_b", "_at", "_a"])
