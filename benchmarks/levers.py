@@ -26,7 +26,8 @@ Parts:
   layer fused, hpo/first_layer.py; Adam as one call of the fused kernel, hpo/adam.py), with
   that layer through PyTorch's convolution, pooling and ReLU as before, with
   `torch.optim.Adam(fused=True)` as before (its per-step bookkeeping), with the second
-  convolution as oneDNN's grouped convolution instead of Winograd's (`direct_conv2`), and
+  convolution as oneDNN's grouped convolution (`direct_conv2`) and by Winograd's F(4x4, 3x3)
+  whatever the thread count (`winograd_any_threads`; as it is, only on one thread), and
   with validation in one chunk of 200 pairs per member instead of 50; interleaved repeats.
 - `trial_batch_norm`: the same trial with batch norm after the first convolution, fused (as
   it is) and unfused.
@@ -64,6 +65,7 @@ from bench import FULL, REFERENCE, child_json, cpu_model, median_of, reference_s
 
 import hpo.model  # noqa: E402
 import hpo.train  # noqa: E402
+import hpo.winograd  # noqa: E402
 from hpo.data import cv_pairs, resolve_data_dir  # noqa: E402
 from hpo.model import TwinNet  # noqa: E402
 from hpo.objective import Objective  # noqa: E402
@@ -232,6 +234,8 @@ def lever(name: str) -> Iterator[None]:
         hpo.model.fusable = lambda *_: False
     elif name == "direct_conv2":  # oneDNN's grouped convolution for the second layer, as before Winograd
         hpo.model.winograd_pays = lambda *_: False
+    elif name == "winograd_any_threads":  # Winograd for the second layer at any thread count
+        hpo.model.winograd_pays = hpo.winograd.winograd_fits
     try:
         yield
     finally:
@@ -275,7 +279,7 @@ def timed(trial: Callable[[], float]) -> Callable[[], tuple[float, float]]:
 
 def trial_part(repeats: int, epochs: int = FULL.epochs, batch_norm: bool = False) -> dict[str, Any]:
     trial = timed(reference_trial(epochs, batch_norm=batch_norm))
-    names = ("as_is", "direct_conv2", "unfused_first_layer") + (() if batch_norm else ("torch_adam", "eval_chunk_200"))
+    names = ("as_is", "direct_conv2", "winograd_any_threads", "unfused_first_layer") + (() if batch_norm else ("torch_adam", "eval_chunk_200"))
     runs = interleaved({n: (trial, functools.partial(lever, n)) for n in names}, repeats)
     times = {n: [t for t, _ in r] for n, r in runs.items()}
     out: dict[str, Any] = {f"{n}_s": statistics.median(t) for n, t in times.items()}
@@ -284,10 +288,10 @@ def trial_part(repeats: int, epochs: int = FULL.epochs, batch_norm: bool = False
     return out
 
 
-def accuracy_part(seeds: int, epochs: int, batch_norm: bool, against: str) -> dict[str, Any]:
-    """CV accuracy of the reference trial (with batch norm or without), seeds 0..seeds-1, as
-    it is and with lever `against` taken back."""
-    accuracies: dict[str, list[float]] = {"as_is": [], against: []}
+def accuracy_part(seeds: int, epochs: int, batch_norm: bool, variants: tuple[str, str]) -> dict[str, Any]:
+    """CV accuracy of the reference trial (with batch norm or without), seeds 0..seeds-1, under
+    two variants of `lever`."""
+    accuracies: dict[str, list[float]] = {name: [] for name in variants}
     for seed in range(seeds):
         trial = reference_trial(epochs, batch_norm=batch_norm, seed=seed)
         for name, runs in accuracies.items():
@@ -349,9 +353,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "profile": lambda: profile_part(1 if args.quick else 5),
         "compile": lambda: compile_part(repeats=micro or 100),
         "trial": lambda: trial_part(1 if args.quick else args.repeats, 1 if args.quick else FULL.epochs),
-        "batch_norm_accuracy": lambda: accuracy_part(*seeds_epochs, True, "unfused_first_layer"),
-        "winograd_accuracy": lambda: accuracy_part(*seeds_epochs, False, "direct_conv2"),
-        "winograd_accuracy_batch_norm": lambda: accuracy_part(*seeds_epochs, True, "direct_conv2"),
+        "batch_norm_accuracy": lambda: accuracy_part(*seeds_epochs, True, ("as_is", "unfused_first_layer")),
+        "winograd_accuracy": lambda: accuracy_part(*seeds_epochs, False, ("winograd_any_threads", "direct_conv2")),
+        "winograd_accuracy_batch_norm": lambda: accuracy_part(*seeds_epochs, True, ("winograd_any_threads", "direct_conv2")),
         "trial_batch_norm": lambda: trial_part(1 if args.quick else args.repeats, 1 if args.quick else FULL.epochs, batch_norm=True),
     }
     for name in args.parts.split(","):

@@ -142,14 +142,15 @@ def _constants(t: torch.Tensor) -> np.ndarray:
     return np.array([2, 4, 5, 8], dtype=t.numpy().dtype)
 
 
-_GG = np.kron(_G, _G)  # 36 x 9: a kernel's 9 taps to its values at the tile's 36 points (G g G^T)
+# 36 x 9: a kernel's 9 taps to its values at the tile's 36 points (G g G^T), in each float type.
+_GG = {dtype: torch.from_numpy(np.kron(_G, _G)).to(dtype) for dtype in (torch.float32, torch.float64)}
 
 
 def _transform_weight(weight: torch.Tensor, members: int) -> torch.Tensor:
     """M*C_out x C_in x 3 x 3 -> 36*M x C_in x C_out: each kernel at the tile's 36 points."""
     cout, cin = weight.shape[0] // members, weight.shape[1]
     w = weight.reshape(members, cout, cin, KERNEL * KERNEL).permute(3, 0, 2, 1).reshape(KERNEL * KERNEL, -1)
-    return (torch.from_numpy(_GG).to(weight.dtype) @ w).view(SIZE * SIZE * members, cin, cout)
+    return (_GG[weight.dtype] @ w).view(SIZE * SIZE * members, cin, cout)
 
 
 class _WinogradConv(torch.autograd.Function):
@@ -178,7 +179,7 @@ class _WinogradConv(torch.autograd.Function):
         _output_gradient(g.numpy(), g_products.numpy(), _constants(g))
         g_products = g_products.view(-1, images, cout)
         g_u = torch.bmm(v.transpose(1, 2), g_products).view(SIZE * SIZE, -1)  # 36 x M*C_in*C_out
-        g_w = (torch.from_numpy(_GG.T).to(grad.dtype) @ g_u).view(KERNEL * KERNEL, members, cin, cout)
+        g_w = (_GG[grad.dtype].T @ g_u).view(KERNEL * KERNEL, members, cin, cout)
         g_weight = g_w.permute(1, 3, 2, 0).reshape(members * cout, cin, KERNEL, KERNEL)
         g_x = None
         if ctx.needs_input_grad[0]:

@@ -10,6 +10,7 @@ import torch
 
 import hpo.first_layer
 import hpo.model
+import hpo.winograd
 from hpo.model import TwinNet
 from hpo.params import configs
 from hpo.train import native_bfloat16
@@ -108,7 +109,7 @@ def run_quick(main, out: Path) -> dict:
 def test_levers_benchmark_checks_conv2_as_bmm_against_the_convolution_and_times_every_lever(mnist_dir, monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("HPO_DATA_DIR", str(mnist_dir))
     saved = run_quick(levers.main, tmp_path / "levers.json")
-    assert saved["conv2"]["onednn_ms"] > 0 and saved["conv2"]["im2col_bmm_ms"] > 0
+    assert saved["conv2"]["onednn_ms"] > 0 and saved["conv2"]["im2col_bmm_ms"] > 0 and saved["conv2"]["winograd_ms"] > 0
     assert set(saved["step"]) == {f"step_ms_at_{b}_pairs_per_member" for b in (1, 5, 25)}
     heap = saved["heap"]["runs"]  # each side in its own process, glibc's thresholds raised in one
     assert [r["kept"] for r in heap["glibc_default"]] == [False] and [r["kept"] for r in heap["kept_heap"]] == [True]
@@ -117,8 +118,9 @@ def test_levers_benchmark_checks_conv2_as_bmm_against_the_convolution_and_times_
     trial = saved["trial"]
     # Every lever computes the same trial: the same CV accuracy to float32 rounding.
     accuracies = list(trial["cv_accuracy"].values())
-    assert len(accuracies) == 4 and max(accuracies) - min(accuracies) < 0.01
-    assert all(trial[f"{n}_over_as_is"] > 0 for n in ("unfused_first_layer", "torch_adam", "eval_chunk_200"))
+    assert len(accuracies) == 6 and max(accuracies) - min(accuracies) < 0.01
+    levers_ = ("direct_conv2", "winograd_any_threads", "unfused_first_layer", "torch_adam", "eval_chunk_200")
+    assert all(trial[f"{n}_over_as_is"] > 0 for n in levers_)
     with_norm = saved["trial_batch_norm"]  # the first layer with batch norm, fused and not
     assert with_norm["unfused_first_layer_over_as_is"] > 0 and abs(with_norm["cv_accuracy"]["as_is"] - with_norm["cv_accuracy"]["unfused_first_layer"]) < 0.05
 
@@ -133,9 +135,10 @@ def test_bfloat16_levers_benchmark_times_each_layer_the_step_and_the_trial_three
     assert hpo.model.MemberConv2d.forward.__name__ == "forward"  # the lever was taken out again
 
 
-def test_batch_norm_accuracy_part_scores_the_fused_and_the_unfused_layer_per_seed(mnist_dir, monkeypatch) -> None:
+@pytest.mark.parametrize("batch_norm,variants", [(True, ("as_is", "unfused_first_layer")), (False, ("winograd_any_threads", "direct_conv2"))])
+def test_accuracy_part_scores_two_variants_per_seed_and_takes_them_back(batch_norm, variants, mnist_dir, monkeypatch) -> None:
     monkeypatch.setenv("HPO_DATA_DIR", str(mnist_dir))
-    result = levers.batch_norm_accuracy_part(seeds=2, epochs=1)
-    assert {n: len(a) for n, a in result["cv_accuracy"].items()} == {"fused": 2, "unfused_first_layer": 2}
+    result = levers.accuracy_part(2, 1, batch_norm, variants)
+    assert {n: len(a) for n, a in result["cv_accuracy"].items()} == {n: 2 for n in variants}
     assert all(0.3 < a <= 1 for accs in result["cv_accuracy"].values() for a in accs)
-    assert hpo.model.fusable is hpo.first_layer.fusable, "the unfused variant was taken back"
+    assert hpo.model.fusable is hpo.first_layer.fusable and hpo.model.winograd_pays is hpo.winograd.winograd_pays, "variants taken back"
