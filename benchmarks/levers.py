@@ -302,6 +302,7 @@ def accuracy_part(seeds: int, epochs: int, batch_norm: bool, variants: tuple[str
 
 KINDS = {  # operator name fragments -> the kind reported
     "firstlayer": "first layer (fused, both passes)",
+    "winogradconv": "second convolution's transforms (Winograd, both passes)",
     "convolution_backward": "convolution backward",
     "mkldnn_convolution": "convolution forward",
     "max_pool2d": "max-pooling",
