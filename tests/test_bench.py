@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench  # noqa: E402
 import levers  # noqa: E402
 import levers_bf16  # noqa: E402
+import per_core  # noqa: E402
 
 
 @pytest.mark.postgres
@@ -114,7 +115,9 @@ def test_levers_benchmark_checks_conv2_as_bmm_against_the_convolution_and_times_
     heap = saved["heap"]["runs"]  # each side in its own process, glibc's thresholds raised in one
     assert [r["kept"] for r in heap["glibc_default"]] == [False] and [r["kept"] for r in heap["kept_heap"]] == [True]
     assert all(r["trial_s"] > 0 and 0 <= r["trial_cv_accuracy"] <= 1 for rs in heap.values() for r in rs)
-    assert abs(sum(saved["profile"]["share"].values()) - 1) < 1e-6 and saved["profile"]["share"]["convolution backward"] > 0
+    shares = saved["profile"]["share"]  # on one thread: both convolutions are hpo's own kernels
+    assert abs(sum(shares.values()) - 1) < 1e-6 and shares["second convolution's transforms (Winograd, both passes)"] > 0
+    assert shares["first layer (fused, both passes)"] > 0 and "convolution forward" not in shares
     trial = saved["trial"]
     # Every lever computes the same trial: the same CV accuracy to float32 rounding.
     accuracies = list(trial["cv_accuracy"].values())
@@ -142,3 +145,18 @@ def test_accuracy_part_scores_two_variants_per_seed_and_takes_them_back(batch_no
     assert {n: len(a) for n, a in result["cv_accuracy"].items()} == {n: 2 for n in variants}
     assert all(0.3 < a <= 1 for accs in result["cv_accuracy"].values() for a in accs)
     assert hpo.model.fusable is hpo.first_layer.fusable and hpo.model.winograd_pays is hpo.winograd.winograd_pays, "variants taken back"
+
+
+def test_per_core_benchmark_trains_one_trial_per_process_at_once_and_rates_the_machine(mnist_dir, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("HPO_DATA_DIR", str(mnist_dir))
+    threads = torch.get_num_threads()
+    try:
+        result = per_core.main(["--quick", "--processes", "2", "--json", str(tmp_path / "per_core.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "per_core.json").read_text()) == json.loads(json.dumps(result))
+    [seconds] = result["rounds_s"]
+    assert len(seconds) == 2 and all(s > 0 for s in seconds) and result["slowest_s"] == max(seconds)
+    assert all(0.3 < a <= 1 for a in result["cv_accuracies"][0]), "each process trained its own seed"
+    assert result["machine_gflops"] == pytest.approx(2 * result["trial_gflop"] / max(seconds))
+    assert 0 < result["fraction_of_peak"] == pytest.approx(result["machine_gflops"] / result["peak_gflops_all_cores"])
