@@ -159,13 +159,17 @@ def retry_init_race(create: Callable[[], T], attempts: int = 8) -> T:
 
     Optuna creates its schema with CREATE TABLE after a check, so two processes starting
     together on an empty database collide (duplicate type/table/key); the loser finds the
-    winner's schema on the next attempt.
+    winner's schema on the next attempt. On SQLite in WAL mode the loser may instead hear
+    "database is locked" at once, whatever the busy timeout: its transaction read before the
+    winner committed, and SQLite refuses it the write rather than let it act on a stale read.
+    That is the same collision, and the next attempt reads afresh.
     """
     for attempt in range(attempts):
         try:
             return create()
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
-            collided = isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in str(exc.orig)
+            message = str(exc.orig)
+            collided = isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in message or "database is locked" in message
             if not collided or attempt == attempts - 1:
                 raise
             time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))

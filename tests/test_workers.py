@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from test_bad_input import one_error_line
 
 from hpo.published import PUBLISHED
-from hpo.storage import open_storage
+from hpo.storage import open_storage, retry_init_race
 from hpo.worker import Interrupted, _SignalGuard, run_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,6 +196,33 @@ def test_workers_starting_at_the_same_instant_create_one_study_and_queue_the_war
         assert optuna.get_all_study_names(url) == ["small"]
         queued = [t.user_attrs["published"] for t in trials_of(url, "small")]
         assert sorted(queued) == sorted(p.source for p in PUBLISHED), "the published configurations, once each"
+
+
+def test_an_init_write_sqlite_refuses_for_a_read_made_stale_by_another_worker_is_retried(tmp_path) -> None:
+    # Two workers initialising one SQLite file (WAL): one reads, the other commits, the first
+    # writes. SQLite answers "database is locked" at once, busy timeout or not; the retry reads afresh.
+    path = tmp_path / "w.db"
+    open_storage(f"sqlite:///{path}")  # WAL mode and Optuna's schema, as a worker leaves them
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("CREATE TABLE marks (x)")
+    engine = sqlalchemy.create_engine(f"sqlite:///{path}", connect_args={"timeout": 60})
+    attempts: list[float] = []
+
+    def create() -> int:
+        attempts.append(time.monotonic())
+        with engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("SELECT count(*) FROM marks").all()
+            if len(attempts) == 1:
+                other.execute("INSERT INTO marks VALUES (1)")  # the other worker, between our read and write
+            conn.exec_driver_sql("INSERT INTO marks VALUES (2)")
+            conn.exec_driver_sql("COMMIT")
+        return len(attempts)
+
+    assert retry_init_race(create) == 2
+    assert sorted(x for (x,) in other.execute("SELECT x FROM marks")) == [1, 2]
+    other.close()
+    engine.dispose()
 
 
 class StartingServer(socketserver.ThreadingTCPServer):
