@@ -64,7 +64,7 @@ def _a(x0, x1, x2, x3, k):  # type: ignore[no-untyped-def]
 
 # The tile loops: rows, then columns, one member's C channels at a time, as loops over the
 # channels with at most 6 stores each, few enough for LLVM to vectorise them (past 8 stores
-# its runtime alias checks give up and the loop runs scalar, 3x slower).
+# its runtime alias checks give up and the loop runs scalar: 1.6x slower, measured).
 def _input_to_points(x, v, k):  # type: ignore[no-untyped-def]
     """x: N x 6 x 6 x M*C (image-major) -> v: 6 x 6 x M x N x C, v = B^T x B per tile."""
     members, channels = v.shape[2], v.shape[4]
