@@ -72,14 +72,14 @@ def test_workers_wait_out_a_server_stopped_while_trials_train(write_spec, postgr
 
 def test_workers_survive_a_restart_while_trials_train(write_spec, postgres_url, mnist_dir) -> None:
     spec = write_spec(epochs=6, pruner="none")
-    procs = [start_worker(spec, postgres_url, 10, mnist_dir, "--heartbeat-interval", 2, "--confirm", 0) for _ in range(2)]
+    procs = [start_worker(spec, postgres_url, OUTAGE_TRIALS, mnist_dir, "--heartbeat-interval", 2, "--confirm", 0) for _ in range(2)]
     with server_left_running():
         wait_for(postgres_url, "small", lambda ts: running_with_progress(ts), procs)
         pg("restart")
     for code, _, err in map(finish, procs):
         assert code == 0, err
         assert "Traceback" not in err
-    told_once_and_nothing_stuck(trials_of(postgres_url, "small"), 10)
+    told_once_and_nothing_stuck(trials_of(postgres_url, "small"), OUTAGE_TRIALS)
 
 
 def test_a_result_whose_write_meets_the_outage_is_told_exactly_once(write_spec, postgres_url, mnist_dir, monkeypatch) -> None:
@@ -120,7 +120,9 @@ def test_workers_survive_every_connection_being_terminated(write_spec, postgres_
 
 def test_a_server_down_past_the_timeout_ends_the_worker_with_one_line_and_a_rerun_finishes(write_spec, postgres_url, mnist_dir) -> None:
     spec = write_spec(epochs=6, pruner="none")
-    proc = start_worker(spec, postgres_url, 6, mnist_dir, "--heartbeat-interval", 1, "--connect-timeout", 3, "--confirm", 0)
+    # A target the worker cannot reach before the server goes (with 6, one worker once finished
+    # the study in about a second, before the test saw a trial in training).
+    proc = start_worker(spec, postgres_url, OUTAGE_TRIALS, mnist_dir, "--heartbeat-interval", 1, "--connect-timeout", 3, "--confirm", 0)
     with server_left_running():
         before = wait_for(postgres_url, "small", lambda ts: any(t.state == TrialState.COMPLETE for t in ts) and running_with_progress(ts), [proc])
         pg("stop")
@@ -130,13 +132,14 @@ def test_a_server_down_past_the_timeout_ends_the_worker_with_one_line_and_a_reru
     assert lines[-1].startswith("error: the study store") and "did not come back within 3 s (--connect-timeout)" in lines[-1], err
     assert "Traceback" not in err
     done = {t.number for t in before if t.state in FINISHED}
-    rerun = start_worker(spec, postgres_url, 6, mnist_dir, "--heartbeat-interval", 1, "--confirm", 0)
+    target = sum(t.state in FINISHED for t in trials_of(postgres_url, "small")) + 2  # the rerun trains
+    rerun = start_worker(spec, postgres_url, target, mnist_dir, "--heartbeat-interval", 1, "--confirm", 0)
     code, _, err = finish(rerun)
     assert code == 0, err
     trials = trials_of(postgres_url, "small")
     assert done <= {t.number for t in trials if t.state in FINISHED}, "finished trials are kept"
     assert not [t for t in trials if t.state == TrialState.RUNNING], "the dead worker's trial was failed and retried"
-    assert sum(t.state in FINISHED for t in trials) >= 6
+    assert sum(t.state in FINISHED for t in trials) >= target
 
 
 def test_a_sqlite_write_that_fails_ends_the_worker_with_one_line_and_keeps_finished_trials(write_spec, tmp_path, mnist_dir) -> None:
