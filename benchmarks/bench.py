@@ -154,6 +154,11 @@ def trial_flops(cfg: TwinConfig, folds: int, train_pairs: int, val_pairs: int, e
     return {"train_mflop_per_pair": train_step / 1e6, "val_mflop_per_pair": forward / 1e6, "trial_gflop": total / 1e9}
 
 
+def reference_flops(spec: StudySpec, folds: Any) -> dict[str, float]:
+    """trial_flops of the reference configuration on `folds` (study_folds of the spec's pairs)."""
+    return trial_flops(configs(REFERENCE, 1, 25)[0], folds.k, folds.train_index.shape[1], folds.val_index.shape[1], spec.train.epochs)
+
+
 # --- 1. trial speed ---------------------------------------------------------------------------
 
 
@@ -269,7 +274,7 @@ def bench_trial(sizes: Sizes, data_dir: Path, pairs: Pairs, repeats: int, device
             accs["user"].append(acc)
     out: dict[str, Any] = {"device": device, "trained_in": {v: sorted(p) for v, p in trained_in.items()}}
     folds = study_folds(pairs, spec.train.folds, spec.seed)
-    flops = trial_flops(configs(REFERENCE, 1, 25)[0], folds.k, folds.train_index.shape[1], folds.val_index.shape[1], spec.train.epochs)
+    flops = reference_flops(spec, folds)
     train_pairs = folds.train_index.numel() * spec.train.epochs
     for v in times:
         if not times[v]:

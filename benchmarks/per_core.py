@@ -29,11 +29,10 @@ import optuna
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import FULL, QUICK, REFERENCE, cpu_model, gemm_peak, median_of, reference_spec, trial_flops  # noqa: E402
+from bench import FULL, QUICK, REFERENCE, cpu_model, gemm_peak, median_of, reference_flops, reference_spec  # noqa: E402
 
 from hpo.data import cv_pairs, resolve_data_dir  # noqa: E402
 from hpo.objective import Objective, study_folds  # noqa: E402
-from hpo.params import configs  # noqa: E402
 
 
 def child(quick: bool, seed_offset: int) -> None:
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rounds = [one_round(args.processes, args.quick, r) for r in range(1 if args.quick else args.repeats)]
     spec = reference_spec(sizes)
     folds = study_folds(cv_pairs(resolve_data_dir(None), sizes.pairs, spec.seed, download=False), spec.train.folds, spec.seed)
-    flops = trial_flops(configs(REFERENCE, 1, 25)[0], folds.k, folds.train_index.shape[1], folds.val_index.shape[1], spec.train.epochs)
+    flops = reference_flops(spec, folds)
     torch.set_num_threads(args.processes)
     peak = gemm_peak(torch.float32, 1 if args.quick else args.repeats)
     slowest = [max(r["seconds"] for r in trials) for trials in rounds]

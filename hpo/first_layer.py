@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpo.compiled import jit
+from hpo.compiled import jit, kernel_inputs
 
 SIZE, KERNEL, POOLED = 14, 3, 6  # 14 x 14 digits, 3 x 3 kernel: 12 x 12, pooled to 6 x 6
 # A float32 zero: an int literal would make the loops' float32 arithmetic float64 (float64 stays float64).
@@ -146,8 +146,7 @@ class _FirstLayer(torch.autograd.Function):
 
 def fusable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether `first_layer` can run: CPU tensors of float32 or float64, images not needing a gradient."""
-    return (x.device.type == "cpu" and weight.device.type == "cpu" and x.dtype == weight.dtype
-            and x.dtype in (torch.float32, torch.float64) and not x.requires_grad
+    return (kernel_inputs(x, weight) and not x.requires_grad
             and tuple(x.shape[2:]) == (SIZE, SIZE) and tuple(weight.shape[1:]) == (1, KERNEL, KERNEL))
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hpo.compiled import jit
+from hpo.compiled import jit, kernel_inputs
 
 SIZE, KERNEL, OUT = 6, 3, 4  # 6 x 6 maps, 3 x 3 kernels -> 4 x 4: one tile of F(4x4, 3x3)
 
@@ -138,12 +138,10 @@ _input_to_points, _input_gradient = jit(_input_to_points), jit(_input_gradient)
 _points_to_output, _output_gradient = jit(_points_to_output), jit(_output_gradient)
 
 
-def _constants(t: torch.Tensor) -> np.ndarray:
-    return np.array([2, 4, 5, 8], dtype=t.numpy().dtype)
-
-
-# 36 x 9: a kernel's 9 taps to its values at the tile's 36 points (G g G^T), in each float type.
-_GG = {dtype: torch.from_numpy(np.kron(_G, _G)).to(dtype) for dtype in (torch.float32, torch.float64)}
+# Per float type: the loops' constants k, and kron(G, G), 36 x 9, a kernel's 9 taps to its
+# values at the tile's 36 points (G g G^T).
+_K = {torch.float32: np.array([2, 4, 5, 8], np.float32), torch.float64: np.array([2, 4, 5, 8], np.float64)}
+_GG = {dtype: torch.from_numpy(np.kron(_G, _G)).to(dtype) for dtype in _K}
 
 
 def _transform_weight(weight: torch.Tensor, members: int) -> torch.Tensor:
@@ -159,12 +157,12 @@ class _WinogradConv(torch.autograd.Function):
         images, cin, cout = x.shape[0], x.shape[1] // members, weight.shape[0] // members
         v = torch.empty(SIZE, SIZE, members, images, cin, dtype=x.dtype)
         x_image = x.detach().permute(0, 2, 3, 1).contiguous().view(images, SIZE, SIZE, -1)
-        _input_to_points(x_image.numpy(), v.numpy(), _constants(v))
+        _input_to_points(x_image.numpy(), v.numpy(), _K[v.dtype])
         v = v.view(-1, images, cin)
         u = _transform_weight(weight.detach(), members)
         products = torch.bmm(v, u).view(SIZE, SIZE, members, images, cout)
         y = torch.empty(images, OUT, OUT, members * cout, dtype=x.dtype)
-        _points_to_output(products.numpy(), y.numpy(), _constants(y))
+        _points_to_output(products.numpy(), y.numpy(), _K[y.dtype])
         y += bias.detach()
         ctx.save_for_backward(v, u)
         ctx.members = members
@@ -176,7 +174,7 @@ class _WinogradConv(torch.autograd.Function):
         members, images, cin, cout = ctx.members, v.shape[1], u.shape[1], u.shape[2]
         g = grad.permute(0, 2, 3, 1).contiguous()
         g_products = torch.empty(SIZE, SIZE, members, images, cout, dtype=grad.dtype)
-        _output_gradient(g.numpy(), g_products.numpy(), _constants(g))
+        _output_gradient(g.numpy(), g_products.numpy(), _K[g.dtype])
         g_products = g_products.view(-1, images, cout)
         g_u = torch.bmm(v.transpose(1, 2), g_products).view(SIZE * SIZE, -1)  # 36 x M*C_in*C_out
         g_w = (_GG[grad.dtype].T @ g_u).view(KERNEL * KERNEL, members, cin, cout)
@@ -185,15 +183,14 @@ class _WinogradConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             g_v = torch.bmm(g_products, u.transpose(1, 2)).view(SIZE, SIZE, members, images, cin)
             g_src = torch.empty(images, SIZE, SIZE, members * cin, dtype=grad.dtype)
-            _input_gradient(g_v.numpy(), g_src.numpy(), _constants(g_src))
+            _input_gradient(g_v.numpy(), g_src.numpy(), _K[g_src.dtype])
             g_x = g_src.permute(0, 3, 1, 2)
         return g_x, g_weight, g.sum((0, 1, 2)), None
 
 
 def winograd_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether `winograd_conv` can run: CPU float32 or float64, 6 x 6 maps, 3 x 3 kernels, no autocast."""
-    return (x.device.type == "cpu" and weight.device.type == "cpu" and x.dtype == weight.dtype
-            and x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled("cpu")
+    return (kernel_inputs(x, weight) and not torch.is_autocast_enabled("cpu")
             and x.dim() == 4 and tuple(x.shape[2:]) == (SIZE, SIZE) and tuple(weight.shape[2:]) == (KERNEL, KERNEL))
 
 

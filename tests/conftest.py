@@ -171,15 +171,15 @@ def postgres_url(new_postgres_db: Callable[[], str]) -> str:
 
 
 @pytest.fixture
-def trains_the_same_without(monkeypatch: pytest.MonkeyPatch) -> Callable[[object, str, str], None]:
-    """check(cfg, path, fits): a 2-member TwinNet in float64 computes the same answers, digits
-    and gradients through hpo.model's fast path `path` (run exactly once) as with its check
-    `fits` patched to refuse it."""
+def trains_the_same_without(monkeypatch: pytest.MonkeyPatch) -> Callable[[object, str, str, float, float], None]:
+    """check(cfg, path, fits, rtol, atol): a 2-member TwinNet in float64 computes the same
+    answers, digits and gradients, to rtol and atol, through hpo.model's fast path `path` (run
+    exactly once) as with its check `fits` patched to refuse it."""
     import hpo.model
     from hpo.model import TwinNet
     from hpo.rng import generator
 
-    def check(cfg: object, path: str, fits: str) -> None:
+    def check(cfg: object, path: str, fits: str, rtol: float, atol: float) -> None:
         torch.set_default_dtype(torch.float64)
         try:
             x = torch.rand(2, 6, 2, 14, 14, generator=torch.Generator().manual_seed(1))
@@ -195,7 +195,7 @@ def trains_the_same_without(monkeypatch: pytest.MonkeyPatch) -> Callable[[object
                 results.append([answer.detach(), digits.detach()] + [p.grad for p in net.parameters()])
                 assert len(calls) == 1, f"one forward through {path}, none on the other path"
             for ours, theirs in zip(*results):
-                torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-11)
+                torch.testing.assert_close(ours, theirs, rtol=rtol, atol=atol)
         finally:
             torch.set_default_dtype(torch.float32)
 

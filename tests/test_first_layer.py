@@ -80,7 +80,7 @@ def test_fusable_only_for_cpu_images_of_the_weights_dtype_that_need_no_gradient(
 @pytest.mark.parametrize("sharing", [True, False])
 @pytest.mark.parametrize("batch_norm", [True, False])
 def test_twin_net_takes_the_fused_layer_and_trains_the_same(sharing, batch_norm, trains_the_same_without) -> None:
-    trains_the_same_without(TwinConfig(weight_sharing=sharing, batch_norm=batch_norm, dropout=0.0), "first_layer", "fusable")
+    trains_the_same_without(TwinConfig(weight_sharing=sharing, batch_norm=batch_norm, dropout=0.0), "first_layer", "fusable", 1e-10, 1e-12)
 
 
 def with_batch_norm(fused: bool, training: bool, x, weight, bias, grad):  # type: ignore[no-untyped-def]

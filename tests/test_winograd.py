@@ -86,7 +86,7 @@ def test_members_that_do_not_divide_the_channels_are_refused() -> None:
 def test_twin_net_takes_winograd_for_the_second_convolution_on_one_thread_and_trains_the_same(
     sharing, batch_norm, trains_the_same_without, one_thread
 ) -> None:
-    trains_the_same_without(TwinConfig(weight_sharing=sharing, batch_norm=batch_norm, dropout=0.0), "winograd_conv", "winograd_pays")
+    trains_the_same_without(TwinConfig(weight_sharing=sharing, batch_norm=batch_norm, dropout=0.0), "winograd_conv", "winograd_pays", 1e-9, 1e-11)
 
 
 def test_winograd_pays_only_on_one_thread(one_thread) -> None:
