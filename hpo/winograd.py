@@ -10,10 +10,12 @@ gradient is exact up to float rounding, not an approximation. In float32 the rou
 ten times the direct convolution's (relative 5e-6 against 4e-7 on random data; the tests bound
 it), far below what training notices.
 
-The data transforms run in four loops compiled by numba (one thread, cached on disk, as the
-first layer's); the products are one `torch.bmm` each way. The reference trial trains 1.16x
-faster this way at one thread; at two, where the transforms stay on one thread, it was 2 %
-slower, so the model takes this path only on one thread (`winograd_pays`).
+The transforms (the data's, the kernels' and their adjoints) run in six loops compiled by numba
+(one thread, cached on disk, as the first layer's); the products are one `torch.bmm` each way.
+The kernels' transform as a loop, not as a 36 x 9 matrix product and two permuting copies, made
+the layer 1.14x faster (docs/performance.md). The reference trial trains 1.16x faster this way
+at one thread; at two, where the transforms stay on one thread, it was 2 % slower, so the model
+takes this path only on one thread (`winograd_pays`).
 """
 
 from __future__ import annotations
@@ -60,6 +62,18 @@ def _a(x0, x1, x2, x3, k):  # type: ignore[no-untyped-def]
     """A = (A^T)^T: the output transform's adjoint, for the output's gradient."""
     k2, k4, k8 = k[0], k[1], k[3]
     return (x0, x0 + x1 + x2 + x3, x0 - x1 + x2 - x3, x0 + k2 * x1 + k4 * x2 + k8 * x3, x0 - k2 * x1 + k4 * x2 - k8 * x3, x3)
+
+
+def _g(x0, x1, x2, q):  # type: ignore[no-untyped-def]
+    """G: a kernel's 3 taps along a row (or column) to the 6 points; q holds 1/4, 1/6, 1/12, 1/24."""
+    q4, q6, q12, q24 = q[0], q[1], q[2], q[3]
+    return (q4 * x0, -q6 * (x0 + x1 + x2), q6 * (x1 - x0 - x2), q24 * x0 + q12 * x1 + q6 * x2, q24 * x0 - q12 * x1 + q6 * x2, x2)
+
+
+def _gt(x0, x1, x2, x3, x4, x5, q):  # type: ignore[no-untyped-def]
+    """G^T: the kernel transform's adjoint, 6 points to 3 taps, for the weights' gradient."""
+    q4, q6, q12, q24 = q[0], q[1], q[2], q[3]
+    return (q4 * x0 - q6 * (x1 + x2) + q24 * (x3 + x4), q6 * (x2 - x1) + q12 * (x3 - x4), q6 * (x3 + x4 - x1 - x2) + x5)
 
 
 # The tile loops: rows, then columns, one member's C channels at a time, as loops over the
@@ -133,22 +147,45 @@ def _output_gradient(g, p, k):  # type: ignore[no-untyped-def]
                         rows[i, 0, c], rows[i, 1, c], rows[i, 2, c], rows[i, 3, c], k)
 
 
-_bt, _b, _at, _a = jit(_bt), jit(_b), jit(_at), jit(_a)
+def _weight_to_points(w, u, q):  # type: ignore[no-untyped-def]
+    """w: M*C_out x 3 x 3 x C_in (the weight, channels-last) -> u: 6 x 6 x M*C_out x C_in, u = G w G^T."""
+    channels = w.shape[3]
+    rows = np.empty((6, 3, channels), w.dtype)
+    for r in range(w.shape[0]):
+        for j in range(3):
+            for c in range(channels):
+                rows[0, j, c], rows[1, j, c], rows[2, j, c], rows[3, j, c], rows[4, j, c], rows[5, j, c] = _g(
+                    w[r, 0, j, c], w[r, 1, j, c], w[r, 2, j, c], q)
+        for i in range(6):
+            for c in range(channels):
+                u[i, 0, r, c], u[i, 1, r, c], u[i, 2, r, c], u[i, 3, r, c], u[i, 4, r, c], u[i, 5, r, c] = _g(
+                    rows[i, 0, c], rows[i, 1, c], rows[i, 2, c], q)
+
+
+def _weight_gradient(g, w, q):  # type: ignore[no-untyped-def]
+    """g: 6 x 6 x M*C_out x C_in (the points' gradient) -> w: M*C_out x 3 x 3 x C_in, w = G^T g G."""
+    channels = g.shape[3]
+    rows = np.empty((6, 3, channels), g.dtype)
+    for r in range(g.shape[2]):
+        for i in range(6):
+            for c in range(channels):
+                rows[i, 0, c], rows[i, 1, c], rows[i, 2, c] = _gt(
+                    g[i, 0, r, c], g[i, 1, r, c], g[i, 2, r, c], g[i, 3, r, c], g[i, 4, r, c], g[i, 5, r, c], q)
+        for j in range(3):
+            for c in range(channels):
+                w[r, 0, j, c], w[r, 1, j, c], w[r, 2, j, c] = _gt(
+                    rows[0, j, c], rows[1, j, c], rows[2, j, c], rows[3, j, c], rows[4, j, c], rows[5, j, c], q)
+
+
+_bt, _b, _at, _a, _g, _gt = jit(_bt), jit(_b), jit(_at), jit(_a), jit(_g), jit(_gt)
 _input_to_points, _input_gradient = jit(_input_to_points), jit(_input_gradient)
 _points_to_output, _output_gradient = jit(_points_to_output), jit(_output_gradient)
+_weight_to_points, _weight_gradient = jit(_weight_to_points), jit(_weight_gradient)
 
 
-# Per float type: the loops' constants k, and kron(G, G), 36 x 9, a kernel's 9 taps to its
-# values at the tile's 36 points (G g G^T).
+# Per float type, the loops' constants: k for the data's transforms, q for the kernel's.
 _K = {torch.float32: np.array([2, 4, 5, 8], np.float32), torch.float64: np.array([2, 4, 5, 8], np.float64)}
-_GG = {dtype: torch.from_numpy(np.kron(_G, _G)).to(dtype) for dtype in _K}
-
-
-def _transform_weight(weight: torch.Tensor, members: int) -> torch.Tensor:
-    """M*C_out x C_in x 3 x 3 -> 36*M x C_in x C_out: each kernel at the tile's 36 points."""
-    cout, cin = weight.shape[0] // members, weight.shape[1]
-    w = weight.reshape(members, cout, cin, KERNEL * KERNEL).permute(3, 0, 2, 1).reshape(KERNEL * KERNEL, -1)
-    return (_GG[weight.dtype] @ w).view(SIZE * SIZE * members, cin, cout)
+_Q = {dtype: np.array([1 / 4, 1 / 6, 1 / 12, 1 / 24], k.dtype) for dtype, k in _K.items()}
 
 
 class _WinogradConv(torch.autograd.Function):
@@ -159,8 +196,10 @@ class _WinogradConv(torch.autograd.Function):
         x_image = x.detach().permute(0, 2, 3, 1).contiguous().view(images, SIZE, SIZE, -1)
         _input_to_points(x_image.numpy(), v.numpy(), _K[v.dtype])
         v = v.view(-1, images, cin)
-        u = _transform_weight(weight.detach(), members)
-        products = torch.bmm(v, u).view(SIZE, SIZE, members, images, cout)
+        u = torch.empty(SIZE, SIZE, members * cout, cin, dtype=x.dtype)  # each kernel at the 36 points
+        _weight_to_points(weight.detach().permute(0, 2, 3, 1).contiguous().numpy(), u.numpy(), _Q[u.dtype])
+        u = u.view(-1, cout, cin)
+        products = torch.bmm(v, u.transpose(1, 2)).view(SIZE, SIZE, members, images, cout)
         y = torch.empty(images, OUT, OUT, members * cout, dtype=x.dtype)
         _points_to_output(products.numpy(), y.numpy(), _K[y.dtype])
         y += bias.detach()
@@ -171,17 +210,18 @@ class _WinogradConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, None]:  # type: ignore[override]
         v, u = ctx.saved_tensors
-        members, images, cin, cout = ctx.members, v.shape[1], u.shape[1], u.shape[2]
+        members, images, cout, cin = ctx.members, v.shape[1], u.shape[1], u.shape[2]
         g = grad.permute(0, 2, 3, 1).contiguous()
         g_products = torch.empty(SIZE, SIZE, members, images, cout, dtype=grad.dtype)
         _output_gradient(g.numpy(), g_products.numpy(), _K[g.dtype])
         g_products = g_products.view(-1, images, cout)
-        g_u = torch.bmm(v.transpose(1, 2), g_products).view(SIZE * SIZE, -1)  # 36 x M*C_in*C_out
-        g_w = (_GG[grad.dtype].T @ g_u).view(KERNEL * KERNEL, members, cin, cout)
-        g_weight = g_w.permute(1, 3, 2, 0).reshape(members * cout, cin, KERNEL, KERNEL)
+        g_u = torch.bmm(g_products.transpose(1, 2), v).view(SIZE, SIZE, members * cout, cin)
+        g_w = torch.empty(members * cout, KERNEL, KERNEL, cin, dtype=grad.dtype)
+        _weight_gradient(g_u.numpy(), g_w.numpy(), _Q[g_w.dtype])
+        g_weight = g_w.permute(0, 3, 1, 2)  # channels-last, as the weight is stored
         g_x = None
         if ctx.needs_input_grad[0]:
-            g_v = torch.bmm(g_products, u.transpose(1, 2)).view(SIZE, SIZE, members, images, cin)
+            g_v = torch.bmm(g_products, u).view(SIZE, SIZE, members, images, cin)
             g_src = torch.empty(images, SIZE, SIZE, members * cin, dtype=grad.dtype)
             _input_gradient(g_v.numpy(), g_src.numpy(), _K[g_src.dtype])
             g_x = g_src.permute(0, 3, 1, 2)

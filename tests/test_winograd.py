@@ -104,9 +104,9 @@ def one_thread():  # type: ignore[no-untyped-def]
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("name", ["_bt", "_b", "_at", "_a"])
+@pytest.mark.parametrize("name", ["_bt", "_b", "_at", "_a", "_g", "_gt"])
 def test_the_written_out_transforms_are_the_matrices_of_lavin_and_gray(name) -> None:
-    matrix = {"_bt": winograd._BT, "_b": winograd._BT.T, "_at": winograd._AT, "_a": winograd._AT.T}[name]
-    k = np.array([2, 4, 5, 8], dtype=np.float64)
-    columns = [getattr(winograd, name)(*unit, k) for unit in np.eye(matrix.shape[1])]
-    np.testing.assert_array_equal(np.array(columns).T, matrix)
+    matrix = {"_bt": winograd._BT, "_b": winograd._BT.T, "_at": winograd._AT, "_a": winograd._AT.T, "_g": winograd._G, "_gt": winograd._G.T}[name]
+    constants = winograd._Q[torch.float64] if name in ("_g", "_gt") else winograd._K[torch.float64]
+    columns = [getattr(winograd, name)(*unit, constants) for unit in np.eye(matrix.shape[1])]
+    np.testing.assert_allclose(np.array(columns).T, matrix, rtol=1e-15, atol=0)
