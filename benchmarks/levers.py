@@ -27,8 +27,10 @@ Parts:
   that layer through PyTorch's convolution, pooling and ReLU as before, with
   `torch.optim.Adam(fused=True)` as before (its per-step bookkeeping), with the second
   convolution as oneDNN's grouped convolution (`direct_conv2`) and by Winograd's F(4x4, 3x3)
-  whatever the thread count (`winograd_any_threads`; as it is, only on one thread), and
-  with validation in one chunk of 200 pairs per member instead of 50; interleaved repeats.
+  whatever the thread count (`winograd_any_threads`; as it is, on one or two threads), with
+  Winograd's convolution followed by PyTorch's pooling and ReLU instead of the pooled pass of
+  hpo/winograd_pool.py (`unpooled_conv2`), and with validation in one chunk of 200 pairs per
+  member instead of 50; interleaved repeats.
 - `trial_batch_norm`: the same trial with batch norm after the first convolution, fused (as
   it is) and unfused.
 - `batch_norm_accuracy`: that trial's CV accuracy, fused and unfused, for seeds 0 to 4 (not
@@ -225,6 +227,7 @@ def compile_part(repeats: int = 100) -> dict[str, float]:
 @contextlib.contextmanager
 def lever(name: str) -> Iterator[None]:
     adam, chunk, fusable, winograd = hpo.train.make_adam, hpo.train.EVAL_CHUNK, hpo.model.fusable, hpo.model.winograd_pays
+    pooled = hpo.model.winograd_conv_pool_relu
     if name == "torch_adam":  # torch.optim's fused Adam with its per-step bookkeeping, as before hpo.adam
         hpo.train.make_adam = lambda params, lr, betas, decay, device: torch.optim.Adam(
             params, lr=lr, betas=betas, weight_decay=decay, fused=True)
@@ -236,10 +239,21 @@ def lever(name: str) -> Iterator[None]:
         hpo.model.winograd_pays = lambda *_: False
     elif name == "winograd_any_threads":  # Winograd for the second layer at any thread count
         hpo.model.winograd_pays = hpo.winograd.winograd_fits
+    elif name == "unpooled_conv2":  # Winograd, then PyTorch's pooling and ReLU, as before winograd_pool.py
+        hpo.model.winograd_conv_pool_relu = _winograd_then_pool
     try:
         yield
     finally:
         hpo.train.make_adam, hpo.train.EVAL_CHUNK, hpo.model.fusable, hpo.model.winograd_pays = adam, chunk, fusable, winograd
+        hpo.model.winograd_conv_pool_relu = pooled
+
+
+def _winograd_then_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, members: int) -> torch.Tensor:
+    """The second layer as TwinNet ran it before the pooled pass: Winograd's convolution, then
+    PyTorch's max-pooling and ReLU, then the features reordered for the dense layer."""
+    h = F.relu(F.max_pool2d(winograd_conv(x, weight, bias, members), 2))
+    n = h.shape[0]
+    return h.permute(0, 2, 3, 1).reshape(n, 4, members, -1).permute(2, 0, 1, 3).reshape(members, n, -1)
 
 
 def reference_trial(epochs: int, precision: str = "float32", batch_norm: bool = False, seed: int | None = None) -> Callable[[], float]:
@@ -279,7 +293,7 @@ def timed(trial: Callable[[], float]) -> Callable[[], tuple[float, float]]:
 
 def trial_part(repeats: int, epochs: int = FULL.epochs, batch_norm: bool = False) -> dict[str, Any]:
     trial = timed(reference_trial(epochs, batch_norm=batch_norm))
-    names = ("as_is", "direct_conv2", "winograd_any_threads", "unfused_first_layer") + (() if batch_norm else ("torch_adam", "eval_chunk_200"))
+    names = ("as_is", "direct_conv2", "winograd_any_threads", "unfused_first_layer") + (() if batch_norm else ("unpooled_conv2", "torch_adam", "eval_chunk_200"))
     runs = interleaved({n: (trial, functools.partial(lever, n)) for n in names}, repeats)
     times = {n: [t for t, _ in r] for n, r in runs.items()}
     out: dict[str, Any] = {f"{n}_s": statistics.median(t) for n, t in times.items()}

@@ -17,6 +17,7 @@ from torch import nn
 from hpo.first_layer import first_layer, fusable
 from hpo.params import TwinConfig
 from hpo.winograd import winograd_conv, winograd_pays
+from hpo.winograd_pool import winograd_conv_pool_relu
 
 __all__ = ["TwinConfig", "TwinNet", "compare_digits"]
 
@@ -135,13 +136,14 @@ class Encoder(nn.Module):
             h = images.permute(1, 2, 3, 0).contiguous().permute(0, 3, 1, 2)
             h = F.relu(F.max_pool2d(self.bn1(self.conv1(h)), 2))
         conv2 = self.conv2.conv
-        if winograd_pays(h, conv2.weight):  # the same, with a quarter of the multiplies
-            h = winograd_conv(h, conv2.weight, conv2.bias, self.members)
+        winograd = winograd_pays(h, conv2.weight)  # the same, with a quarter of the multiplies
+        if winograd and isinstance(self.bn2, nn.Identity):  # pooled and rectified in the same pass
+            h = winograd_conv_pool_relu(h, conv2.weight, conv2.bias, self.members)
         else:
-            h = self.conv2(h)
-        h = F.relu(F.max_pool2d(self.bn2(h), 2))
-        # N x M*C2 x 2 x 2 (channels-last) -> M x N x (2*2*C2): each member's features, (h, w, c) order.
-        h = h.permute(0, 2, 3, 1).reshape(n, 4, m, -1).permute(2, 0, 1, 3).reshape(m, n, -1)
+            h = winograd_conv(h, conv2.weight, conv2.bias, self.members) if winograd else self.conv2(h)
+            h = F.relu(F.max_pool2d(self.bn2(h), 2))
+            # N x M*C2 x 2 x 2 (channels-last) -> M x N x (2*2*C2): each member's features, (h, w, c) order.
+            h = h.permute(0, 2, 3, 1).reshape(n, 4, m, -1).permute(2, 0, 1, 3).reshape(m, n, -1)
         h = F.relu(self.bn3(self.fc1(h)))
         return self.fc2(dropout(h, self.p, self.training, gen))
 

@@ -13,9 +13,9 @@ it), far below what training notices.
 The transforms (the data's, the kernels' and their adjoints) run in six loops compiled by numba
 (one thread, cached on disk, as the first layer's); the products are one `torch.bmm` each way.
 The kernels' transform as a loop, not as a 36 x 9 matrix product and two permuting copies, made
-the layer 1.14x faster (docs/performance.md). The reference trial trains 1.16x faster this way
-at one thread; at two, where the transforms stay on one thread, it was 2 % slower, so the model
-takes this path only on one thread (`winograd_pays`).
+the layer 1.14x faster. The transforms stay on one thread while oneDNN's convolution spreads
+over all of them, so the model takes this path on one or two threads, where it was measured to
+pay (`winograd_pays`; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import torch
 from hpo.compiled import jit, kernel_inputs
 
 SIZE, KERNEL, OUT = 6, 3, 4  # 6 x 6 maps, 3 x 3 kernels -> 4 x 4: one tile of F(4x4, 3x3)
+MAX_THREADS = 2  # the most torch threads it was measured to pay at
 
 # Interpolation points 0, 1, -1, 2, -2 and infinity, as Lavin and Gray chose them. The kernels
 # below write these matrices out; tests/test_winograd.py checks them against these.
@@ -188,43 +189,58 @@ _K = {torch.float32: np.array([2, 4, 5, 8], np.float32), torch.float64: np.array
 _Q = {dtype: np.array([1 / 4, 1 / 6, 1 / 12, 1 / 24], k.dtype) for dtype, k in _K.items()}
 
 
+# What winograd_pool.py's loops build on: the output transform, its adjoint, their constants.
+output_transform, output_adjoint, data_constants = _at, _a, _K
+
+
+def products(x: torch.Tensor, weight: torch.Tensor, members: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward pass up to the output transform: N x M*C_in x 6 x 6 maps (channels-last) ->
+    the input tiles at the 36 points v (36*M x N x C_in), the kernels there u (36*M x C_out x C_in)
+    and their products (6 x 6 x M x N x C_out)."""
+    images, cin, cout = x.shape[0], x.shape[1] // members, weight.shape[0] // members
+    v = torch.empty(SIZE, SIZE, members, images, cin, dtype=x.dtype)
+    x_image = x.detach().permute(0, 2, 3, 1).contiguous().view(images, SIZE, SIZE, -1)
+    _input_to_points(x_image.numpy(), v.numpy(), _K[v.dtype])
+    u = torch.empty(SIZE, SIZE, members * cout, cin, dtype=x.dtype)
+    _weight_to_points(weight.detach().permute(0, 2, 3, 1).contiguous().numpy(), u.numpy(), _Q[u.dtype])
+    v, u = v.view(-1, images, cin), u.view(-1, cout, cin)
+    return v, u, torch.bmm(v, u.transpose(1, 2)).view(SIZE, SIZE, members, images, cout)
+
+
+def products_backward(v: torch.Tensor, u: torch.Tensor, g_products: torch.Tensor, input_gradient: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The products' gradient (6 x 6 x M x N x C_out) -> the maps' gradient (if asked for) and
+    the weight's, both channels-last as the maps and the weight are stored."""
+    members, images, cout, cin = g_products.shape[2], v.shape[1], u.shape[1], u.shape[2]
+    g_products = g_products.view(-1, images, cout)
+    g_u = torch.bmm(g_products.transpose(1, 2), v).view(SIZE, SIZE, members * cout, cin)
+    g_w = torch.empty(members * cout, KERNEL, KERNEL, cin, dtype=v.dtype)
+    _weight_gradient(g_u.numpy(), g_w.numpy(), _Q[g_w.dtype])
+    if not input_gradient:
+        return None, g_w.permute(0, 3, 1, 2)
+    g_v = torch.bmm(g_products, u).view(SIZE, SIZE, members, images, cin)
+    g_x = torch.empty(images, SIZE, SIZE, members * cin, dtype=v.dtype)
+    _input_gradient(g_v.numpy(), g_x.numpy(), _K[g_x.dtype])
+    return g_x.permute(0, 3, 1, 2), g_w.permute(0, 3, 1, 2)
+
+
 class _WinogradConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, members: int) -> torch.Tensor:  # type: ignore[override]
-        images, cin, cout = x.shape[0], x.shape[1] // members, weight.shape[0] // members
-        v = torch.empty(SIZE, SIZE, members, images, cin, dtype=x.dtype)
-        x_image = x.detach().permute(0, 2, 3, 1).contiguous().view(images, SIZE, SIZE, -1)
-        _input_to_points(x_image.numpy(), v.numpy(), _K[v.dtype])
-        v = v.view(-1, images, cin)
-        u = torch.empty(SIZE, SIZE, members * cout, cin, dtype=x.dtype)  # each kernel at the 36 points
-        _weight_to_points(weight.detach().permute(0, 2, 3, 1).contiguous().numpy(), u.numpy(), _Q[u.dtype])
-        u = u.view(-1, cout, cin)
-        products = torch.bmm(v, u.transpose(1, 2)).view(SIZE, SIZE, members, images, cout)
-        y = torch.empty(images, OUT, OUT, members * cout, dtype=x.dtype)
-        _points_to_output(products.numpy(), y.numpy(), _K[y.dtype])
+        v, u, p = products(x, weight, members)
+        y = torch.empty(x.shape[0], OUT, OUT, weight.shape[0], dtype=x.dtype)
+        _points_to_output(p.numpy(), y.numpy(), _K[y.dtype])
         y += bias.detach()
         ctx.save_for_backward(v, u)
-        ctx.members = members
         return y.permute(0, 3, 1, 2)  # N x M*C_out x 4 x 4, channels-last
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, None]:  # type: ignore[override]
         v, u = ctx.saved_tensors
-        members, images, cout, cin = ctx.members, v.shape[1], u.shape[1], u.shape[2]
+        members, images, cout = v.shape[0] // (SIZE * SIZE), v.shape[1], u.shape[1]
         g = grad.permute(0, 2, 3, 1).contiguous()
         g_products = torch.empty(SIZE, SIZE, members, images, cout, dtype=grad.dtype)
         _output_gradient(g.numpy(), g_products.numpy(), _K[g.dtype])
-        g_products = g_products.view(-1, images, cout)
-        g_u = torch.bmm(g_products.transpose(1, 2), v).view(SIZE, SIZE, members * cout, cin)
-        g_w = torch.empty(members * cout, KERNEL, KERNEL, cin, dtype=grad.dtype)
-        _weight_gradient(g_u.numpy(), g_w.numpy(), _Q[g_w.dtype])
-        g_weight = g_w.permute(0, 3, 1, 2)  # channels-last, as the weight is stored
-        g_x = None
-        if ctx.needs_input_grad[0]:
-            g_v = torch.bmm(g_products, u).view(SIZE, SIZE, members, images, cin)
-            g_src = torch.empty(images, SIZE, SIZE, members * cin, dtype=grad.dtype)
-            _input_gradient(g_v.numpy(), g_src.numpy(), _K[g_src.dtype])
-            g_x = g_src.permute(0, 3, 1, 2)
+        g_x, g_weight = products_backward(v, u, g_products, ctx.needs_input_grad[0])
         return g_x, g_weight, g.sum((0, 1, 2)), None
 
 
@@ -235,11 +251,12 @@ def winograd_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def winograd_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether to take `winograd_conv`: where it fits and torch runs on one thread (hpo's
-    default: one worker per core, one thread each). On more threads oneDNN's convolution
-    spreads over all of them while the transforms stay on one, and it was as fast or faster
-    (docs/performance.md)."""
-    return torch.get_num_threads() == 1 and winograd_fits(x, weight)
+    """Whether to take `winograd_conv`: where it fits and torch runs on one or two threads
+    (hpo's default is one worker per core, one thread each). There the reference trial trained
+    1.26x (one thread) and 1.11x (two) faster than with oneDNN's convolution; on more threads
+    oneDNN's convolution spreads over all of them while the transforms stay on one, and it was
+    not measured (docs/performance.md)."""
+    return torch.get_num_threads() <= MAX_THREADS and winograd_fits(x, weight)
 
 
 def winograd_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, members: int) -> torch.Tensor:

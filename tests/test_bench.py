@@ -11,6 +11,7 @@ import torch
 import hpo.first_layer
 import hpo.model
 import hpo.winograd
+import hpo.winograd_pool
 from hpo.model import TwinNet
 from hpo.params import configs
 from hpo.train import native_bfloat16
@@ -121,8 +122,8 @@ def test_levers_benchmark_checks_conv2_as_bmm_against_the_convolution_and_times_
     trial = saved["trial"]
     # Every lever computes the same trial: the same CV accuracy to float32 rounding.
     accuracies = list(trial["cv_accuracy"].values())
-    assert len(accuracies) == 6 and max(accuracies) - min(accuracies) < 0.01
-    levers_ = ("direct_conv2", "winograd_any_threads", "unfused_first_layer", "torch_adam", "eval_chunk_200")
+    assert len(accuracies) == 7 and max(accuracies) - min(accuracies) < 0.01
+    levers_ = ("direct_conv2", "winograd_any_threads", "unfused_first_layer", "unpooled_conv2", "torch_adam", "eval_chunk_200")
     assert all(trial[f"{n}_over_as_is"] > 0 for n in levers_)
     with_norm = saved["trial_batch_norm"]  # the first layer with batch norm, fused and not
     assert with_norm["unfused_first_layer_over_as_is"] > 0 and abs(with_norm["cv_accuracy"]["as_is"] - with_norm["cv_accuracy"]["unfused_first_layer"]) < 0.05
@@ -145,6 +146,7 @@ def test_accuracy_part_scores_two_variants_per_seed_and_takes_them_back(batch_no
     assert {n: len(a) for n, a in result["cv_accuracy"].items()} == {n: 2 for n in variants}
     assert all(0.3 < a <= 1 for accs in result["cv_accuracy"].values() for a in accs)
     assert hpo.model.fusable is hpo.first_layer.fusable and hpo.model.winograd_pays is hpo.winograd.winograd_pays, "variants taken back"
+    assert hpo.model.winograd_conv_pool_relu is hpo.winograd_pool.winograd_conv_pool_relu
 
 
 def test_per_core_benchmark_trains_one_trial_per_process_at_once_and_rates_the_machine(mnist_dir, monkeypatch, tmp_path) -> None:
