@@ -67,6 +67,8 @@ from bench import FULL, REFERENCE, child_json, cpu_model, median_of, reference_s
 
 import hpo.model  # noqa: E402
 import hpo.train  # noqa: E402
+import hpo.first_layer  # noqa: E402
+import hpo.stem  # noqa: E402
 import hpo.winograd  # noqa: E402
 from hpo.data import cv_pairs, resolve_data_dir  # noqa: E402
 from hpo.model import TwinNet  # noqa: E402
@@ -227,25 +229,29 @@ def compile_part(repeats: int = 100) -> dict[str, float]:
 @contextlib.contextmanager
 def lever(name: str) -> Iterator[None]:
     adam, chunk, fusable, winograd = hpo.train.make_adam, hpo.train.EVAL_CHUNK, hpo.model.fusable, hpo.model.winograd_pays
-    pooled = hpo.model.winograd_conv_pool_relu
+    pooled, stem = hpo.model.winograd_conv_pool_relu, hpo.model.stem_pays
     if name == "torch_adam":  # torch.optim's fused Adam with its per-step bookkeeping, as before hpo.adam
         hpo.train.make_adam = lambda params, lr, betas, decay, device: torch.optim.Adam(
             params, lr=lr, betas=betas, weight_decay=decay, fused=True)
     elif name == "eval_chunk_200":
         hpo.train.EVAL_CHUNK = 200
     elif name == "unfused_first_layer":  # PyTorch's convolution, pooling and ReLU, as before the fused layer
-        hpo.model.fusable = lambda *_: False
+        hpo.model.fusable = hpo.model.stem_pays = lambda *_: False
     elif name == "direct_conv2":  # oneDNN's grouped convolution for the second layer, as before Winograd
-        hpo.model.winograd_pays = lambda *_: False
-    elif name == "winograd_any_threads":  # Winograd for the second layer at any thread count
+        hpo.model.winograd_pays = hpo.model.stem_pays = lambda *_: False
+    elif name == "winograd_any_threads":  # Winograd for the second layer at any thread count (the stem too)
         hpo.model.winograd_pays = hpo.winograd.winograd_fits
+        hpo.model.stem_pays = lambda x, w1, w2: hpo.stem.stem_pays(x, w1, w2) or (torch.get_num_threads() > 2 and hpo.first_layer.fusable(x, w1))
     elif name == "unpooled_conv2":  # Winograd, then PyTorch's pooling and ReLU, as before winograd_pool.py
+        hpo.model.stem_pays = lambda *_: False
         hpo.model.winograd_conv_pool_relu = _winograd_then_pool
+    elif name == "no_stem":  # the two layers one by one (first_layer, winograd_pool), as before stem.py
+        hpo.model.stem_pays = lambda *_: False
     try:
         yield
     finally:
         hpo.train.make_adam, hpo.train.EVAL_CHUNK, hpo.model.fusable, hpo.model.winograd_pays = adam, chunk, fusable, winograd
-        hpo.model.winograd_conv_pool_relu = pooled
+        hpo.model.winograd_conv_pool_relu, hpo.model.stem_pays = pooled, stem
 
 
 def _winograd_then_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, members: int) -> torch.Tensor:
@@ -293,7 +299,7 @@ def timed(trial: Callable[[], float]) -> Callable[[], tuple[float, float]]:
 
 def trial_part(repeats: int, epochs: int = FULL.epochs, batch_norm: bool = False) -> dict[str, Any]:
     trial = timed(reference_trial(epochs, batch_norm=batch_norm))
-    names = ("as_is", "direct_conv2", "winograd_any_threads", "unfused_first_layer") + (() if batch_norm else ("unpooled_conv2", "torch_adam", "eval_chunk_200"))
+    names = ("as_is", "direct_conv2", "winograd_any_threads", "unfused_first_layer") + (() if batch_norm else ("no_stem", "unpooled_conv2", "torch_adam", "eval_chunk_200"))
     runs = interleaved({n: (trial, functools.partial(lever, n)) for n in names}, repeats)
     times = {n: [t for t, _ in r] for n, r in runs.items()}
     out: dict[str, Any] = {f"{n}_s": statistics.median(t) for n, t in times.items()}
@@ -315,6 +321,7 @@ def accuracy_part(seeds: int, epochs: int, batch_norm: bool, variants: tuple[str
 
 
 KINDS = {  # operator name fragments -> the kind reported
+    "_stem": "first two layers but their products (stem.py: first layer, Winograd's transforms, pooling; both passes)",
     "firstlayer": "first layer (fused, both passes)",
     "winogradconv": "second convolution's transforms (Winograd, both passes)",
     "convolution_backward": "convolution backward",

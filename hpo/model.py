@@ -17,6 +17,7 @@ from torch import nn
 from hpo.first_layer import first_layer, fusable
 from hpo.params import TwinConfig
 from hpo.winograd import winograd_conv, winograd_pays
+from hpo.stem import stem, stem_pays
 from hpo.winograd_pool import winograd_conv_pool_relu
 
 __all__ = ["TwinConfig", "TwinNet", "compare_digits"]
@@ -114,7 +115,7 @@ class Encoder(nn.Module):
     def __init__(self, members: int, cfg: TwinConfig) -> None:
         super().__init__()
         c1, c2, bn = cfg.conv1_channels, cfg.conv2_channels, cfg.batch_norm
-        self.members, self.p = members, cfg.dropout
+        self.members, self.p, self.plain = members, cfg.dropout, not bn  # plain: no batch norm
         self.conv1 = MemberConv2d(members, 1, c1, 3)  # 14 -> 12, pooled to 6
         self.bn1 = nn.BatchNorm2d(members * c1) if bn else nn.Identity()
         self.conv2 = MemberConv2d(members, c1, c2, 3)  # 6 -> 4, pooled to 2
@@ -129,23 +130,32 @@ class Encoder(nn.Module):
         # leaves ReLU a quarter of the work.
         m, n = x.shape[:2]
         images = x.reshape(m, n, 14, 14)
-        if fusable(images, self.conv1.conv.weight):  # the same, in one pass over the images
-            norm = None if isinstance(self.bn1, nn.Identity) else self.bn1
-            h = first_layer(images, self.conv1.conv.weight, self.conv1.conv.bias, norm)
+        conv1, conv2 = self.conv1.conv, self.conv2.conv
+        if self.plain and stem_pays(images, conv1.weight, conv2.weight):  # both layers in one pass
+            h = stem(images, conv1.weight, conv1.bias, conv2.weight, conv2.bias, self.members)
         else:
-            h = images.permute(1, 2, 3, 0).contiguous().permute(0, 3, 1, 2)
-            h = F.relu(F.max_pool2d(self.bn1(self.conv1(h)), 2))
-        conv2 = self.conv2.conv
-        winograd = winograd_pays(h, conv2.weight)  # the same, with a quarter of the multiplies
-        if winograd and isinstance(self.bn2, nn.Identity):  # pooled and rectified in the same pass
-            h = winograd_conv_pool_relu(h, conv2.weight, conv2.bias, self.members)
-        else:
-            h = winograd_conv(h, conv2.weight, conv2.bias, self.members) if winograd else self.conv2(h)
-            h = F.relu(F.max_pool2d(self.bn2(h), 2))
-            # N x M*C2 x 2 x 2 (channels-last) -> M x N x (2*2*C2): each member's features, (h, w, c) order.
-            h = h.permute(0, 2, 3, 1).reshape(n, 4, m, -1).permute(2, 0, 1, 3).reshape(m, n, -1)
+            h = self._second(self._first(images), n)
         h = F.relu(self.bn3(self.fc1(h)))
         return self.fc2(dropout(h, self.p, self.training, gen))
+
+    def _first(self, images: torch.Tensor) -> torch.Tensor:
+        """M x N x 14 x 14 images -> N x M*C1 x 6 x 6 maps (channels-last)."""
+        if fusable(images, self.conv1.conv.weight):  # the same, in one pass over the images
+            norm = None if self.plain else self.bn1
+            return first_layer(images, self.conv1.conv.weight, self.conv1.conv.bias, norm)
+        h = images.permute(1, 2, 3, 0).contiguous().permute(0, 3, 1, 2)
+        return F.relu(F.max_pool2d(self.bn1(self.conv1(h)), 2))
+
+    def _second(self, h: torch.Tensor, n: int) -> torch.Tensor:
+        """N x M*C1 x 6 x 6 maps -> M x N x (2*2*C2): each member's features, (h, w, c) order."""
+        conv2, m = self.conv2.conv, self.members
+        winograd = winograd_pays(h, conv2.weight)  # the same, with a quarter of the multiplies
+        if winograd and self.plain:  # pooled and rectified in the same pass
+            return winograd_conv_pool_relu(h, conv2.weight, conv2.bias, m)
+        h = winograd_conv(h, conv2.weight, conv2.bias, m) if winograd else self.conv2(h)
+        h = F.relu(F.max_pool2d(self.bn2(h), 2))
+        # N x M*C2 x 2 x 2 (channels-last) -> M x N x (2*2*C2)
+        return h.permute(0, 2, 3, 1).reshape(n, 4, m, -1).permute(2, 0, 1, 3).reshape(m, n, -1)
 
     def init_(self, gens: Sequence[torch.Generator]) -> None:
         for layer in (self.conv1, self.conv2, self.fc1, self.fc2):

@@ -189,44 +189,54 @@ _K = {torch.float32: np.array([2, 4, 5, 8], np.float32), torch.float64: np.array
 _Q = {dtype: np.array([1 / 4, 1 / 6, 1 / 12, 1 / 24], k.dtype) for dtype, k in _K.items()}
 
 
-# What winograd_pool.py's loops build on: the output transform, its adjoint, their constants.
-output_transform, output_adjoint, data_constants = _at, _a, _K
+# What winograd_pool.py's and stem.py's loops build on: the transforms and their constants.
+input_transform, input_adjoint, output_transform, output_adjoint, data_constants = _bt, _b, _at, _a, _K
 
 
-def products(x: torch.Tensor, weight: torch.Tensor, members: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The forward pass up to the output transform: N x M*C_in x 6 x 6 maps (channels-last) ->
-    the input tiles at the 36 points v (36*M x N x C_in), the kernels there u (36*M x C_out x C_in)
-    and their products (6 x 6 x M x N x C_out)."""
-    images, cin, cout = x.shape[0], x.shape[1] // members, weight.shape[0] // members
+def input_points(x: torch.Tensor, members: int) -> torch.Tensor:
+    """N x M*C_in x 6 x 6 maps (channels-last) -> each tile at the 36 points, 36*M x N x C_in."""
+    images, cin = x.shape[0], x.shape[1] // members
     v = torch.empty(SIZE, SIZE, members, images, cin, dtype=x.dtype)
     x_image = x.detach().permute(0, 2, 3, 1).contiguous().view(images, SIZE, SIZE, -1)
     _input_to_points(x_image.numpy(), v.numpy(), _K[v.dtype])
-    u = torch.empty(SIZE, SIZE, members * cout, cin, dtype=x.dtype)
+    return v.view(-1, images, cin)
+
+
+def products(v: torch.Tensor, weight: torch.Tensor, members: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input's points v (36*M x N x C_in) and the weight (M*C_out x C_in x 3 x 3) -> the
+    kernels at the 36 points u (36*M x C_out x C_in) and the products (6 x 6 x M x N x C_out)."""
+    cout, cin = weight.shape[0] // members, weight.shape[1]
+    u = torch.empty(SIZE, SIZE, members * cout, cin, dtype=v.dtype)
     _weight_to_points(weight.detach().permute(0, 2, 3, 1).contiguous().numpy(), u.numpy(), _Q[u.dtype])
-    v, u = v.view(-1, images, cin), u.view(-1, cout, cin)
-    return v, u, torch.bmm(v, u.transpose(1, 2)).view(SIZE, SIZE, members, images, cout)
+    u = u.view(-1, cout, cin)
+    return u, torch.bmm(v, u.transpose(1, 2)).view(SIZE, SIZE, members, v.shape[1], cout)
 
 
-def products_backward(v: torch.Tensor, u: torch.Tensor, g_products: torch.Tensor, input_gradient: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """The products' gradient (6 x 6 x M x N x C_out) -> the maps' gradient (if asked for) and
-    the weight's, both channels-last as the maps and the weight are stored."""
+def products_backward(v: torch.Tensor, u: torch.Tensor, g_products: torch.Tensor, points_gradient: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The products' gradient (6 x 6 x M x N x C_out) -> the input points' gradient (if asked
+    for; 6 x 6 x M x N x C_in) and the weight's (channels-last, as the weight is stored)."""
     members, images, cout, cin = g_products.shape[2], v.shape[1], u.shape[1], u.shape[2]
     g_products = g_products.view(-1, images, cout)
     g_u = torch.bmm(g_products.transpose(1, 2), v).view(SIZE, SIZE, members * cout, cin)
     g_w = torch.empty(members * cout, KERNEL, KERNEL, cin, dtype=v.dtype)
     _weight_gradient(g_u.numpy(), g_w.numpy(), _Q[g_w.dtype])
-    if not input_gradient:
-        return None, g_w.permute(0, 3, 1, 2)
-    g_v = torch.bmm(g_products, u).view(SIZE, SIZE, members, images, cin)
-    g_x = torch.empty(images, SIZE, SIZE, members * cin, dtype=v.dtype)
+    g_v = torch.bmm(g_products, u).view(SIZE, SIZE, members, images, cin) if points_gradient else None
+    return g_v, g_w.permute(0, 3, 1, 2)
+
+
+def input_gradient(g_v: torch.Tensor) -> torch.Tensor:
+    """The input points' gradient (6 x 6 x M x N x C_in) -> the maps' (N x M*C_in x 6 x 6, channels-last)."""
+    members, images, cin = g_v.shape[2:]
+    g_x = torch.empty(images, SIZE, SIZE, members * cin, dtype=g_v.dtype)
     _input_gradient(g_v.numpy(), g_x.numpy(), _K[g_x.dtype])
-    return g_x.permute(0, 3, 1, 2), g_w.permute(0, 3, 1, 2)
+    return g_x.permute(0, 3, 1, 2)
 
 
 class _WinogradConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, members: int) -> torch.Tensor:  # type: ignore[override]
-        v, u, p = products(x, weight, members)
+        v = input_points(x, members)
+        u, p = products(v, weight, members)
         y = torch.empty(x.shape[0], OUT, OUT, weight.shape[0], dtype=x.dtype)
         _points_to_output(p.numpy(), y.numpy(), _K[y.dtype])
         y += bias.detach()
@@ -240,8 +250,8 @@ class _WinogradConv(torch.autograd.Function):
         g = grad.permute(0, 2, 3, 1).contiguous()
         g_products = torch.empty(SIZE, SIZE, members, images, cout, dtype=grad.dtype)
         _output_gradient(g.numpy(), g_products.numpy(), _K[g.dtype])
-        g_x, g_weight = products_backward(v, u, g_products, ctx.needs_input_grad[0])
-        return g_x, g_weight, g.sum((0, 1, 2)), None
+        g_v, g_weight = products_backward(v, u, g_products, ctx.needs_input_grad[0])
+        return None if g_v is None else input_gradient(g_v), g_weight, g.sum((0, 1, 2)), None
 
 
 def winograd_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from hpo.compiled import jit
-from hpo.winograd import OUT, SIZE, data_constants, output_adjoint, output_transform, products, products_backward
+from hpo.winograd import OUT, SIZE, data_constants, input_gradient, input_points, output_adjoint, output_transform, products, products_backward
 
 __all__ = ["winograd_conv_pool_relu"]
 
@@ -94,27 +94,41 @@ _window = jit(_window)
 _points_to_features, _features_gradient = jit(_points_to_features), jit(_features_gradient)
 
 
+def pooled_features(p: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The products (6 x 6 x M x N x C_out) -> the features (M x N x 2 x 2 x C_out) and where
+    each came from (int8: 0 to 3, or -1 where ReLU passes no gradient)."""
+    members, images, cout = p.shape[2:]
+    h = torch.empty(members, images, OUT // 2, OUT // 2, cout, dtype=p.dtype)
+    where = torch.empty(h.shape, dtype=torch.int8)
+    _points_to_features(p.numpy(), bias.detach().contiguous().numpy(), h.numpy(), where.numpy(), data_constants[h.dtype])
+    return h, where
+
+
+def features_backward(grad: torch.Tensor, where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The features' gradient (M x N x 4*C_out) -> the products' (6 x 6 x M x N x C_out) and the bias's."""
+    members, images, cout = where.shape[0], where.shape[1], where.shape[4]
+    g = grad.contiguous().view(where.shape)
+    g_products = torch.empty(SIZE, SIZE, members, images, cout, dtype=grad.dtype)
+    g_bias = torch.zeros(members * cout, dtype=grad.dtype)
+    _features_gradient(g.numpy(), where.numpy(), g_products.numpy(), g_bias.numpy(), data_constants[g.dtype])
+    return g_products, g_bias
+
+
 class _WinogradConvPoolRelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, members: int) -> torch.Tensor:  # type: ignore[override]
-        v, u, p = products(x, weight, members)
-        cout = weight.shape[0] // members
-        h = torch.empty(members, x.shape[0], OUT // 2, OUT // 2, cout, dtype=x.dtype)
-        where = torch.empty(h.shape, dtype=torch.int8)
-        _points_to_features(p.numpy(), bias.detach().contiguous().numpy(), h.numpy(), where.numpy(), data_constants[h.dtype])
+        v = input_points(x, members)
+        u, p = products(v, weight, members)
+        h, where = pooled_features(p, bias)
         ctx.save_for_backward(v, u, where)
         return h.view(members, x.shape[0], -1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, None]:  # type: ignore[override]
         v, u, where = ctx.saved_tensors
-        members, images, cout = where.shape[0], where.shape[1], where.shape[4]
-        g = grad.contiguous().view(where.shape)
-        g_products = torch.empty(SIZE, SIZE, members, images, cout, dtype=grad.dtype)
-        g_bias = torch.zeros(members * cout, dtype=grad.dtype)
-        _features_gradient(g.numpy(), where.numpy(), g_products.numpy(), g_bias.numpy(), data_constants[g.dtype])
-        g_x, g_weight = products_backward(v, u, g_products, ctx.needs_input_grad[0])
-        return g_x, g_weight, g_bias, None
+        g_products, g_bias = features_backward(grad, where)
+        g_v, g_weight = products_backward(v, u, g_products, ctx.needs_input_grad[0])
+        return None if g_v is None else input_gradient(g_v), g_weight, g_bias, None
 
 
 def winograd_conv_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, members: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 
 import hpo.first_layer
 import hpo.model
+import hpo.stem
 import hpo.winograd
 import hpo.winograd_pool
 from hpo.model import TwinNet
@@ -116,14 +117,15 @@ def test_levers_benchmark_checks_conv2_as_bmm_against_the_convolution_and_times_
     heap = saved["heap"]["runs"]  # each side in its own process, glibc's thresholds raised in one
     assert [r["kept"] for r in heap["glibc_default"]] == [False] and [r["kept"] for r in heap["kept_heap"]] == [True]
     assert all(r["trial_s"] > 0 and 0 <= r["trial_cv_accuracy"] <= 1 for rs in heap.values() for r in rs)
-    shares = saved["profile"]["share"]  # on one thread: both convolutions are hpo's own kernels
-    assert abs(sum(shares.values()) - 1) < 1e-6 and shares["second convolution's transforms (Winograd, both passes)"] > 0
-    assert shares["first layer (fused, both passes)"] > 0 and "convolution forward" not in shares
+    shares = saved["profile"]["share"]  # on one thread, without batch norm: both convolutions in stem.py's pass
+    stem = "first two layers but their products (stem.py: first layer, Winograd's transforms, pooling; both passes)"
+    assert abs(sum(shares.values()) - 1) < 1e-6 and shares[stem] > 0 and shares["batched products"] > 0
+    assert "convolution forward" not in shares and "first layer (fused, both passes)" not in shares
     trial = saved["trial"]
     # Every lever computes the same trial: the same CV accuracy to float32 rounding.
     accuracies = list(trial["cv_accuracy"].values())
-    assert len(accuracies) == 7 and max(accuracies) - min(accuracies) < 0.01
-    levers_ = ("direct_conv2", "winograd_any_threads", "unfused_first_layer", "unpooled_conv2", "torch_adam", "eval_chunk_200")
+    assert len(accuracies) == 8 and max(accuracies) - min(accuracies) < 0.01
+    levers_ = ("direct_conv2", "winograd_any_threads", "unfused_first_layer", "no_stem", "unpooled_conv2", "torch_adam", "eval_chunk_200")
     assert all(trial[f"{n}_over_as_is"] > 0 for n in levers_)
     with_norm = saved["trial_batch_norm"]  # the first layer with batch norm, fused and not
     assert with_norm["unfused_first_layer_over_as_is"] > 0 and abs(with_norm["cv_accuracy"]["as_is"] - with_norm["cv_accuracy"]["unfused_first_layer"]) < 0.05
@@ -146,7 +148,7 @@ def test_accuracy_part_scores_two_variants_per_seed_and_takes_them_back(batch_no
     assert {n: len(a) for n, a in result["cv_accuracy"].items()} == {n: 2 for n in variants}
     assert all(0.3 < a <= 1 for accs in result["cv_accuracy"].values() for a in accs)
     assert hpo.model.fusable is hpo.first_layer.fusable and hpo.model.winograd_pays is hpo.winograd.winograd_pays, "variants taken back"
-    assert hpo.model.winograd_conv_pool_relu is hpo.winograd_pool.winograd_conv_pool_relu
+    assert hpo.model.winograd_conv_pool_relu is hpo.winograd_pool.winograd_conv_pool_relu and hpo.model.stem_pays is hpo.stem.stem_pays
 
 
 def test_per_core_benchmark_trains_one_trial_per_process_at_once_and_rates_the_machine(mnist_dir, monkeypatch, tmp_path) -> None:
