@@ -38,7 +38,8 @@ Parts:
 - `winograd_accuracy`, `winograd_accuracy_batch_norm`: the reference trial's CV accuracy
   without and with batch norm, the second convolution by Winograd and direct, seeds 0 to 4
   (not in the default parts; about 2 minutes each at 1 thread).
-Medians of `--repeats`; JSON to --json.
+Medians of `--repeats`; `--epochs` shortens the trial parts' trials (more repeats in the time),
+`--variants` picks some of their variants; JSON to --json.
 """
 
 from __future__ import annotations
@@ -297,9 +298,13 @@ def timed(trial: Callable[[], float]) -> Callable[[], tuple[float, float]]:
     return run
 
 
-def trial_part(repeats: int, epochs: int = FULL.epochs, batch_norm: bool = False) -> dict[str, Any]:
+TRIAL_VARIANTS = ("direct_conv2", "winograd_any_threads", "unfused_first_layer", "no_stem", "unpooled_conv2", "torch_adam", "eval_chunk_200")
+BATCH_NORM_VARIANTS = ("direct_conv2", "winograd_any_threads", "unfused_first_layer")  # the rest are batch norm's path already
+
+
+def trial_part(repeats: int, epochs: int = FULL.epochs, batch_norm: bool = False, variants: tuple[str, ...] | None = None) -> dict[str, Any]:
     trial = timed(reference_trial(epochs, batch_norm=batch_norm))
-    names = ("as_is", "direct_conv2", "winograd_any_threads", "unfused_first_layer") + (() if batch_norm else ("no_stem", "unpooled_conv2", "torch_adam", "eval_chunk_200"))
+    names = ("as_is", *(variants or (BATCH_NORM_VARIANTS if batch_norm else TRIAL_VARIANTS)))
     runs = interleaved({n: (trial, functools.partial(lever, n)) for n in names}, repeats)
     times = {n: [t for t, _ in r] for n, r in runs.items()}
     out: dict[str, Any] = {f"{n}_s": statistics.median(t) for n, t in times.items()}
@@ -357,6 +362,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="whole trials per lever (the micro-benchmarks take many more)")
     ap.add_argument("--quick", action="store_true", help="a few repeats of each part and a 1-epoch trial")
+    ap.add_argument("--epochs", type=int, default=FULL.epochs, help="epochs of the trial parts' trials (shorter: more repeats in the time)")
+    ap.add_argument("--variants", default=None, help=f"the trial parts' variants, comma-separated (default all: {','.join(TRIAL_VARIANTS)})")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--heap-child", default=None, help=argparse.SUPPRESS)  # heap_part's child: "repeats,epochs"
     args = ap.parse_args(argv)
@@ -365,7 +372,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         repeats, epochs = (int(n) for n in args.heap_child.split(","))
         print(json.dumps(heap_child(repeats, epochs)))
         return {}
-    result: dict[str, Any] = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__, "quick": args.quick}
+    variants = None if args.variants is None else tuple(args.variants.split(","))
+    if variants and set(variants) - set(TRIAL_VARIANTS):
+        ap.error(f"--variants: unknown {sorted(set(variants) - set(TRIAL_VARIANTS))}; known: {', '.join(TRIAL_VARIANTS)}")
+    result: dict[str, Any] = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__, "quick": args.quick, "epochs": args.epochs}
     micro = 3 if args.quick else None
     seeds_epochs = (1, 1) if args.quick else (5, FULL.epochs)
     parts = {
@@ -374,11 +384,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "heap": lambda: heap_part(micro or 200, 1 if args.quick else FULL.epochs, 1 if args.quick else args.repeats),
         "profile": lambda: profile_part(1 if args.quick else 5),
         "compile": lambda: compile_part(repeats=micro or 100),
-        "trial": lambda: trial_part(1 if args.quick else args.repeats, 1 if args.quick else FULL.epochs),
+        "trial": lambda: trial_part(1 if args.quick else args.repeats, 1 if args.quick else args.epochs, variants=variants),
         "batch_norm_accuracy": lambda: accuracy_part(*seeds_epochs, True, ("as_is", "unfused_first_layer")),
         "winograd_accuracy": lambda: accuracy_part(*seeds_epochs, False, ("winograd_any_threads", "direct_conv2")),
         "winograd_accuracy_batch_norm": lambda: accuracy_part(*seeds_epochs, True, ("winograd_any_threads", "direct_conv2")),
-        "trial_batch_norm": lambda: trial_part(1 if args.quick else args.repeats, 1 if args.quick else FULL.epochs, batch_norm=True),
+        "trial_batch_norm": lambda: trial_part(1 if args.quick else args.repeats, 1 if args.quick else args.epochs, batch_norm=True, variants=variants),
     }
     for name in args.parts.split(","):
         result[name] = parts[name]()

@@ -35,6 +35,7 @@ def _forward(x, w, b, v, arg, k):  # type: ignore[no-untyped-def]
     channels = w.shape[2]
     tile = np.empty((POOLED, POOLED, channels), v.dtype)
     rows = np.empty((POOLED, POOLED, channels), v.dtype)
+    chosen = np.empty(channels, np.uint8)
     for m in range(x.shape[0]):
         w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[m, 0], w[m, 1], w[m, 2], w[m, 3], w[m, 4], w[m, 5], w[m, 6], w[m, 7], w[m, 8]
         bm = b[m]
@@ -47,7 +48,7 @@ def _forward(x, w, b, v, arg, k):  # type: ignore[no-untyped-def]
                     p10, p11, p12, p13 = img[r + 1, s], img[r + 1, s + 1], img[r + 1, s + 2], img[r + 1, s + 3]
                     p20, p21, p22, p23 = img[r + 2, s], img[r + 2, s + 1], img[r + 2, s + 2], img[r + 2, s + 3]
                     p30, p31, p32, p33 = img[r + 3, s], img[r + 3, s + 1], img[r + 3, s + 2], img[r + 3, s + 3]
-                    cell, where = tile[i, j], arg[m, n, i, j]
+                    cell = tile[i, j]
                     for c in range(channels):
                         v0 = (bm[c] + w0[c] * p00 + w1[c] * p01 + w2[c] * p02 + w3[c] * p10 + w4[c] * p11
                               + w5[c] * p12 + w6[c] * p20 + w7[c] * p21 + w8[c] * p22)
@@ -65,7 +66,10 @@ def _forward(x, w, b, v, arg, k):  # type: ignore[no-untyped-def]
                         take = (v3 > best) | (v3 != v3)
                         best, which = (v3 if take else best), (np.uint8(3) if take else which)
                         cell[c] = best if (best > 0 or best != best) else _ZERO
-                        where[c] = which if best > 0 else _DEAD
+                        chosen[c] = which if best > 0 else _DEAD
+                    where = arg[m, n, i, j]
+                    for c in range(channels):  # stored apart, as in first_layer's loop (4K aliasing)
+                        where[c] = chosen[c]
             for j in range(SIZE):  # winograd's input transform, from the tile
                 for c in range(channels):
                     rows[0, j, c], rows[1, j, c], rows[2, j, c], rows[3, j, c], rows[4, j, c], rows[5, j, c] = input_transform(

@@ -76,16 +76,19 @@ def native_bfloat16() -> bool:
 
 
 def resolve_precision(name: str) -> Precision:
-    """--precision: 'float32' (the default), 'bfloat16', or 'auto' (bfloat16 where native).
+    """--precision: 'float32' (the default), 'bfloat16', or 'auto' (the faster: float32).
 
     bfloat16 means the network's forward pass runs under autocast (convolutions and matrix
     products in bfloat16, accumulating in float32); the loss, the gradients' parameters and
-    Adam stay float32. It is asked for explicitly or by 'auto', never by default.
+    Adam stay float32. It is asked for explicitly, never by default. 'auto' picked it where the
+    CPU has it natively until hpo's own float32 kernels (stem.py, winograd.py) made float32
+    the faster: the reference trial now trains 1.2x to 1.3x slower in bfloat16 on such a CPU
+    (docs/performance.md), so 'auto' means float32.
     """
     if name not in ("auto", "float32", "bfloat16"):
         raise HpoError(f"--precision must be auto, float32 or bfloat16; got '{name}'")
     if name == "auto":
-        return "bfloat16" if native_bfloat16() else "float32"
+        return "float32"
     if name == "bfloat16" and not native_bfloat16():
         raise HpoError("--precision bfloat16 asked for, but this CPU has no native bfloat16 (AVX512_BF16 or AMX); use float32 or auto")
     return name  # type: ignore[return-value]
