@@ -69,7 +69,6 @@ from bench import FULL, REFERENCE, child_json, cpu_model, median_of, reference_s
 import hpo.model  # noqa: E402
 import hpo.train  # noqa: E402
 import hpo.first_layer  # noqa: E402
-import hpo.stem  # noqa: E402
 import hpo.winograd  # noqa: E402
 from hpo.data import cv_pairs, resolve_data_dir  # noqa: E402
 from hpo.model import TwinNet  # noqa: E402
@@ -242,7 +241,7 @@ def lever(name: str) -> Iterator[None]:
         hpo.model.winograd_pays = hpo.model.stem_pays = lambda *_: False
     elif name == "winograd_any_threads":  # Winograd for the second layer at any thread count (the stem too)
         hpo.model.winograd_pays = hpo.winograd.winograd_fits
-        hpo.model.stem_pays = lambda x, w1, w2: hpo.stem.stem_pays(x, w1, w2) or (torch.get_num_threads() > 2 and hpo.first_layer.fusable(x, w1))
+        hpo.model.stem_pays = lambda x, w1, w2: hpo.first_layer.fusable(x, w1) and hpo.winograd.kernels_fit(w2, x)
     elif name == "unpooled_conv2":  # Winograd, then PyTorch's pooling and ReLU, as before winograd_pool.py
         hpo.model.stem_pays = lambda *_: False
         hpo.model.winograd_conv_pool_relu = _winograd_then_pool

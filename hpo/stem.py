@@ -17,10 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hpo.compiled import jit, kernel_inputs
-from hpo.first_layer import KERNEL, POOLED
-from hpo.first_layer import SIZE as IMAGE
-from hpo.winograd import MAX_THREADS, SIZE, data_constants, input_adjoint, input_transform, products, products_backward
+from hpo.compiled import jit
+from hpo.first_layer import KERNEL, POOLED, fusable
+from hpo.winograd import SIZE, data_constants, input_adjoint, input_transform, kernels_fit, products, products_backward, threads_pay
 from hpo.winograd_pool import features_backward, pooled_features
 
 __all__ = ["stem", "stem_pays"]
@@ -164,12 +163,9 @@ class _Stem(torch.autograd.Function):
 
 
 def stem_pays(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> bool:
-    """Whether to take `stem`: where the fused first layer runs (CPU float32 or float64 images
-    needing no gradient) and the second convolution would run by Winograd (3 x 3 kernels, no
-    autocast, at most MAX_THREADS torch threads)."""
-    return (kernel_inputs(x, w1, w2) and not x.requires_grad and not torch.is_autocast_enabled("cpu")
-            and torch.get_num_threads() <= MAX_THREADS and x.dim() == 4 and tuple(x.shape[2:]) == (IMAGE, IMAGE)
-            and tuple(w1.shape[1:]) == (1, KERNEL, KERNEL) and tuple(w2.shape[2:]) == (KERNEL, KERNEL))
+    """Whether to take `stem`: where the fused first layer runs (`fusable`) and the second
+    convolution would run by Winograd (`kernels_fit`, `threads_pay`)."""
+    return fusable(x, w1) and kernels_fit(w2, x) and threads_pay()
 
 
 def stem(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, members: int) -> torch.Tensor:

@@ -254,19 +254,29 @@ class _WinogradConv(torch.autograd.Function):
         return None if g_v is None else input_gradient(g_v), g_weight, g.sum((0, 1, 2)), None
 
 
+def kernels_fit(weight: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether the transforms take this weight with maps like x: CPU float32 or float64, 3 x 3
+    kernels, no autocast (the maps' size is the caller's to check)."""
+    return kernel_inputs(x, weight) and not torch.is_autocast_enabled("cpu") and tuple(weight.shape[2:]) == (KERNEL, KERNEL)
+
+
 def winograd_fits(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether `winograd_conv` can run: CPU float32 or float64, 6 x 6 maps, 3 x 3 kernels, no autocast."""
-    return (kernel_inputs(x, weight) and not torch.is_autocast_enabled("cpu")
-            and x.dim() == 4 and tuple(x.shape[2:]) == (SIZE, SIZE) and tuple(weight.shape[2:]) == (KERNEL, KERNEL))
+    return x.dim() == 4 and tuple(x.shape[2:]) == (SIZE, SIZE) and kernels_fit(weight, x)
+
+
+def threads_pay() -> bool:
+    """Whether torch runs on few enough threads for Winograd to pay: one or two (hpo's default
+    is one worker per core, one thread each). There the reference trial trained 1.44x (one
+    thread) and 1.20x (two) faster than with oneDNN's convolution; on more threads oneDNN's
+    convolution spreads over all of them while the transforms stay on one, and it was not
+    measured (docs/performance.md)."""
+    return torch.get_num_threads() <= MAX_THREADS
 
 
 def winograd_pays(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether to take `winograd_conv`: where it fits and torch runs on one or two threads
-    (hpo's default is one worker per core, one thread each). There the reference trial trained
-    1.26x (one thread) and 1.11x (two) faster than with oneDNN's convolution; on more threads
-    oneDNN's convolution spreads over all of them while the transforms stay on one, and it was
-    not measured (docs/performance.md)."""
-    return torch.get_num_threads() <= MAX_THREADS and winograd_fits(x, weight)
+    """Whether to take `winograd_conv`: where it fits and `threads_pay`."""
+    return threads_pay() and winograd_fits(x, weight)
 
 
 def winograd_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, members: int) -> torch.Tensor:
