@@ -19,7 +19,7 @@ import torch
 
 from hpo.compiled import jit
 from hpo.first_layer import KERNEL, POOLED, fusable
-from hpo.winograd import SIZE, data_constants, input_adjoint, input_transform, kernels_fit, products, products_backward, threads_pay
+from hpo.winograd import SIZE, check_members, data_constants, input_adjoint, input_transform, kernels_fit, products, products_backward, threads_pay
 from hpo.winograd_pool import features_backward, pooled_features
 
 __all__ = ["stem", "stem_pays"]
@@ -171,6 +171,5 @@ def stem_pays(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> bool:
 def stem(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, members: int) -> torch.Tensor:
     """winograd_conv_pool_relu(first_layer(x, w1, b1), w2, b2, members): M x N x 14 x 14 images
     -> each member's features, M x N x (2*2*C2)."""
-    if w1.shape[0] % members or w1.shape[0] // members != w2.shape[1] or w2.shape[0] % members:
-        raise ValueError(f"{members} members do not divide the layers' {w1.shape[0]} and {w2.shape[0]} channels")
+    check_members(w1.shape[0], w2, members)  # the first layer's M*C1 channels are the second's input
     return _Stem.apply(x.contiguous(), w1, b1, w2, b2, members)

@@ -284,6 +284,12 @@ def winograd_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mem
 
     Returns N x M*C_out x 4 x 4 in channels-last memory, as the grouped convolution does.
     """
-    if x.shape[1] != members * weight.shape[1] or weight.shape[0] % members:
-        raise ValueError(f"{members} members do not divide {x.shape[1]} input and {weight.shape[0]} output channels")
+    check_members(x.shape[1], weight, members)
     return _WinogradConv.apply(x, weight, bias, members)
+
+
+def check_members(channels: int, weight: torch.Tensor, members: int) -> None:
+    """Refuses a member count that does not split the input's channels and the weight's
+    (M*C_out x C_in x 3 x 3) into equal groups, one per member."""
+    if channels != members * weight.shape[1] or weight.shape[0] % members:
+        raise ValueError(f"{members} members do not divide {channels} input and {weight.shape[0]} output channels")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from hpo.compiled import jit
-from hpo.winograd import OUT, SIZE, data_constants, input_gradient, input_points, output_adjoint, output_transform, products, products_backward
+from hpo.winograd import OUT, SIZE, check_members, data_constants, input_gradient, input_points, output_adjoint, output_transform, products, products_backward
 
 __all__ = ["winograd_conv_pool_relu"]
 
@@ -135,6 +135,5 @@ def winograd_conv_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     """relu(max_pool2d(conv2d(x, weight, bias, groups=members), 2)) for N x M*C_in x 6 x 6 maps
     and 3 x 3 kernels, as each member's features: M x N x (2*2*C_out), in (row, column,
     channel) order. It runs where `winograd_conv` does (`winograd_fits`)."""
-    if x.shape[1] != members * weight.shape[1] or weight.shape[0] % members:
-        raise ValueError(f"{members} members do not divide {x.shape[1]} input and {weight.shape[0]} output channels")
+    check_members(x.shape[1], weight, members)
     return _WinogradConvPoolRelu.apply(x, weight, bias, members)
