@@ -21,7 +21,8 @@ Parts:
   both, as the compiled forward takes no generator): the first step's compile time, then
   the step time against eager.
 - `profile`: 5 epochs of the reference trial under torch.profiler: each kind of operator's
-  share of the operators' time.
+  share of the operators' time; `profile_batch_norm` the same with batch norm (not in the
+  default parts).
 - `trial`: the reference trial (bench.REFERENCE through hpo's Objective) as it is (the first
   layer fused, hpo/first_layer.py; Adam as one call of the fused kernel, hpo/adam.py), with
   that layer through PyTorch's convolution, pooling and ReLU as before, with
@@ -45,15 +46,13 @@ Medians of `--repeats`; `--epochs` shortens the trial parts' trials (more repeat
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import os
 import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -64,20 +63,17 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import FULL, REFERENCE, child_json, cpu_model, median_of, reference_spec  # noqa: E402
+from bench import FULL, REFERENCE, child_json, cpu_model, median_of, reference_spec
 
-import hpo.model  # noqa: E402
-import hpo.train  # noqa: E402
-import hpo.first_layer  # noqa: E402
-import hpo.winograd  # noqa: E402
-from hpo.data import cv_pairs, resolve_data_dir  # noqa: E402
-from hpo.model import TwinNet  # noqa: E402
-from hpo.objective import Objective  # noqa: E402
-from hpo.params import configs  # noqa: E402
-from hpo.rng import generator  # noqa: E402
-from hpo.space import Fixed  # noqa: E402
-from hpo.train import _loss  # noqa: E402
-from hpo.winograd import winograd_conv  # noqa: E402
+from hpo.kernels.dispatch import Kernels, choose
+from hpo.kernels.winograd import winograd_conv
+from hpo.rng import generator
+from hpo.search.objective import Objective
+from hpo.spec.registry import configs
+from hpo.spec.space import Fixed
+from hpo.training.batched import _loss
+from hpo.training.data import cv_pairs, resolve_data_dir
+from hpo.training.model import TwinNet
 
 K, C_IN, C_OUT = 5, 32, 64
 KEPT_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
@@ -98,7 +94,9 @@ def conv2_part(images: int = 50, repeats: int = 40) -> dict[str, float]:
 
     def onednn() -> tuple[torch.Tensor, ...]:
         y = F.conv2d(x, w, b, groups=K)
-        grads = torch.ops.aten.convolution_backward(g, x, w, [K * C_OUT], [1, 1], [0, 0], [1, 1], False, [0, 0], K, [True, True, True])
+        grads = torch.ops.aten.convolution_backward(
+            g, x, w, [K * C_OUT], [1, 1], [0, 0], [1, 1], False, [0, 0], K, [True, True, True]
+        )
         return y, *grads
 
     xs = x.permute(0, 2, 3, 1).reshape(images, 6, 6, K, C_IN)  # a view: channels-last memory
@@ -128,19 +126,24 @@ def conv2_part(images: int = 50, repeats: int = 40) -> dict[str, float]:
     y2, gx2, *_ = im2col_bmm()
     if any((a - b).abs().max() > 1e-4 * a.abs().max() for a, b in zip((y, gx, gw), winograd())):
         raise SystemExit("Winograd's F(4x4, 3x3) does not compute what the grouped convolution computes")
-    same = torch.allclose(y.permute(0, 2, 3, 1).reshape(images * 16, K, C_OUT).transpose(0, 1), y2, atol=1e-4) and torch.allclose(
-        gx.permute(0, 2, 3, 1).reshape(images, 6, 6, K, C_IN), gx2, atol=1e-4
-    )
+    same = torch.allclose(
+        y.permute(0, 2, 3, 1).reshape(images * 16, K, C_OUT).transpose(0, 1), y2, atol=1e-4
+    ) and torch.allclose(gx.permute(0, 2, 3, 1).reshape(images, 6, 6, K, C_IN), gx2, atol=1e-4)
     if not same:
         raise SystemExit("im2col + bmm does not compute what the grouped convolution computes")
-    out = {"onednn_ms": median_ms(onednn, repeats), "im2col_bmm_ms": median_ms(im2col_bmm, repeats),
-           "winograd_ms": median_ms(winograd, repeats)}
+    out = {
+        "onednn_ms": median_ms(onednn, repeats),
+        "im2col_bmm_ms": median_ms(im2col_bmm, repeats),
+        "winograd_ms": median_ms(winograd, repeats),
+    }
     out["im2col_bmm_over_onednn"] = out["im2col_bmm_ms"] / out["onednn_ms"]
     out["onednn_over_winograd"] = out["onednn_ms"] / out["winograd_ms"]
     return out
 
 
-def reference_step(batch: int, dropout: bool = True, compiled: bool = False, bfloat16: bool = False) -> Callable[[], None]:
+def reference_step(
+    batch: int, dropout: bool = True, compiled: bool = False, bfloat16: bool = False
+) -> Callable[[], None]:
     """One training step of the reference network with K members on a fixed random batch.
 
     Without dropout the network runs in eval mode and takes no generator: what a compiled
@@ -226,70 +229,63 @@ def compile_part(repeats: int = 100) -> dict[str, float]:
     return out
 
 
-@contextlib.contextmanager
-def lever(name: str) -> Iterator[None]:
-    adam, chunk, fusable, winograd = hpo.train.make_adam, hpo.train.EVAL_CHUNK, hpo.model.fusable, hpo.model.winograd_pays
-    pooled, stem = hpo.model.winograd_conv_pool_relu, hpo.model.stem_pays
-    if name == "torch_adam":  # torch.optim's fused Adam with its per-step bookkeeping, as before hpo.adam
-        hpo.train.make_adam = lambda params, lr, betas, decay, device: torch.optim.Adam(
-            params, lr=lr, betas=betas, weight_decay=decay, fused=True)
-    elif name == "eval_chunk_200":
-        hpo.train.EVAL_CHUNK = 200
-    elif name == "unfused_first_layer":  # PyTorch's convolution, pooling and ReLU, as before the fused layer
-        hpo.model.fusable = hpo.model.stem_pays = lambda *_: False
-    elif name == "direct_conv2":  # oneDNN's grouped convolution for the second layer, as before Winograd
-        hpo.model.winograd_pays = hpo.model.stem_pays = lambda *_: False
-    elif name == "winograd_any_threads":  # Winograd for the second layer at any thread count (the stem too)
-        hpo.model.winograd_pays = hpo.winograd.winograd_fits
-        hpo.model.stem_pays = lambda x, w1, w2: hpo.first_layer.fusable(x, w1) and hpo.winograd.kernels_fit(w2, x)
-    elif name == "unpooled_conv2":  # Winograd, then PyTorch's pooling and ReLU, as before winograd_pool.py
-        hpo.model.stem_pays = lambda *_: False
-        hpo.model.winograd_conv_pool_relu = _winograd_then_pool
-    elif name == "no_stem":  # the two layers one by one (first_layer, winograd_pool), as before stem.py
-        hpo.model.stem_pays = lambda *_: False
-    try:
-        yield
-    finally:
-        hpo.train.make_adam, hpo.train.EVAL_CHUNK, hpo.model.fusable, hpo.model.winograd_pays = adam, chunk, fusable, winograd
-        hpo.model.winograd_conv_pool_relu, hpo.model.stem_pays = pooled, stem
+def lever(name: str, batch_norm: bool, threads: int) -> Kernels | None:
+    """The kernels a trial variant trains with (hpo.kernels.dispatch), passed to the objective;
+    None: the dispatch's own choice (`as_is`)."""
+    chosen = choose(batch_norm, threads=threads)
+    variants = {
+        "as_is": None,
+        "direct_conv2": Kernels(chosen.first, "torch"),  # oneDNN's grouped convolution, as before Winograd
+        "winograd_any_threads": choose(batch_norm, threads=1),  # Winograd (and the stem) at any thread count
+        "unfused_first_layer": Kernels("torch", chosen.second),  # PyTorch's layers, as before the fused one
+        "no_stem": Kernels(chosen.first, chosen.second),  # the two layers one by one, as before stem.py
+        # Winograd, then PyTorch's pooling and ReLU, as before winograd_pool.py
+        "unpooled_conv2": Kernels(chosen.first, "winograd" if chosen.second == "winograd_pool" else chosen.second),
+    }
+    return variants[name]
 
 
-def _winograd_then_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, members: int) -> torch.Tensor:
-    """The second layer as TwinNet ran it before the pooled pass: Winograd's convolution, then
-    PyTorch's max-pooling and ReLU, then the features reordered for the dense layer."""
-    h = F.relu(F.max_pool2d(winograd_conv(x, weight, bias, members), 2))
-    n = h.shape[0]
-    return h.permute(0, 2, 3, 1).reshape(n, 4, members, -1).permute(2, 0, 1, 3).reshape(members, n, -1)
-
-
-def reference_trial(epochs: int, precision: str = "float32", batch_norm: bool = False, seed: int | None = None) -> Callable[[], float]:
+def reference_trial(
+    epochs: int,
+    precision: str = "float32",
+    batch_norm: bool = False,
+    seed: int | None = None,
+    kernels: Kernels | None = None,
+) -> Callable[[], float]:
     """The reference trial through hpo's Objective on the MNIST pairs of HPO_DATA_DIR
-    (`batch_norm`: with batch norm, as issue 14's text describes it; `seed`: the spec's)."""
+    (`batch_norm`: with batch norm, as issue 14's text describes it; `seed`: the spec's;
+    `kernels`: the first two layers' kernels, default the dispatch's)."""
     spec = reference_spec(replace(FULL, epochs=epochs))
     spec = replace(spec, space={**spec.space, "batch_norm": Fixed(batch_norm)})
     spec = spec if seed is None else replace(spec, seed=seed)
     pairs = cv_pairs(resolve_data_dir(None), spec.train.train_pairs, spec.seed)
-    objective = Objective(spec, pairs, torch.device("cpu"), precision)
-    fixed = optuna.trial.FixedTrial(REFERENCE)
-    return lambda: objective(fixed)
+    objective = Objective(spec, pairs, torch.device("cpu"), precision, kernels)
+
+    def run() -> float:
+        fixed = optuna.trial.FixedTrial({**REFERENCE, "batch_norm": batch_norm})
+        value = objective(fixed)
+        trained_with.append(fixed.user_attrs["kernels"])
+        return value
+
+    return run
 
 
-Runner = tuple[Callable[[], Any], Callable[[], contextlib.AbstractContextManager[Any]]]
+trained_with: list[str] = []  # the kernels each reference trial recorded, last last
 
 
-def interleaved(runners: dict[str, Runner], rounds: int) -> dict[str, list[Any]]:
-    """What each runner returns, called once a round under its context, the variants taking
-    turns so that all of them see the same load."""
+def interleaved(runners: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[Any]]:
+    """What each runner returns, called once a round, the variants taking turns so that all of
+    them see the same load."""
     results: dict[str, list[Any]] = {name: [] for name in runners}
     for _ in range(rounds):
-        for name, (run, context) in runners.items():
-            with context():
-                results[name].append(run())
+        for name, run in runners.items():
+            results[name].append(run())
     return results
 
 
 def timed(trial: Callable[[], float]) -> Callable[[], tuple[float, float]]:
     """A trial's seconds and CV accuracy."""
+
     def run() -> tuple[float, float]:
         _, [seconds], accuracy = median_of(1, trial)
         return seconds, accuracy
@@ -297,30 +293,46 @@ def timed(trial: Callable[[], float]) -> Callable[[], tuple[float, float]]:
     return run
 
 
-TRIAL_VARIANTS = ("direct_conv2", "winograd_any_threads", "unfused_first_layer", "no_stem", "unpooled_conv2", "torch_adam", "eval_chunk_200")
-BATCH_NORM_VARIANTS = ("direct_conv2", "winograd_any_threads", "unfused_first_layer")  # the rest are batch norm's path already
+TRIAL_VARIANTS = (
+    "direct_conv2",
+    "winograd_any_threads",
+    "unfused_first_layer",
+    "no_stem",
+    "unpooled_conv2",
+)
+BATCH_NORM_VARIANTS = (
+    "direct_conv2",
+    "winograd_any_threads",
+    "unfused_first_layer",
+)  # the rest are batch norm's path already
 
 
-def trial_part(repeats: int, epochs: int = FULL.epochs, batch_norm: bool = False, variants: tuple[str, ...] | None = None) -> dict[str, Any]:
-    trial = timed(reference_trial(epochs, batch_norm=batch_norm))
+def trial_part(
+    repeats: int, epochs: int = FULL.epochs, batch_norm: bool = False, variants: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     names = ("as_is", *(variants or (BATCH_NORM_VARIANTS if batch_norm else TRIAL_VARIANTS)))
-    runs = interleaved({n: (trial, functools.partial(lever, n)) for n in names}, repeats)
+    threads = torch.get_num_threads()
+    trials = {
+        n: timed(reference_trial(epochs, batch_norm=batch_norm, kernels=lever(n, batch_norm, threads))) for n in names
+    }
+    runs = interleaved(trials, repeats)
     times = {n: [t for t, _ in r] for n, r in runs.items()}
     out: dict[str, Any] = {f"{n}_s": statistics.median(t) for n, t in times.items()}
     out.update({f"{n}_runs_s": t for n, t in times.items()}, cv_accuracy={n: r[-1][1] for n, r in runs.items()})
     out.update({f"{n}_over_as_is": out[f"{n}_s"] / out["as_is_s"] for n in names[1:]})
+    out["kernels"] = dict(zip(names, trained_with[-len(names) :]))  # what each variant's last trial recorded
     return out
 
 
 def accuracy_part(seeds: int, epochs: int, batch_norm: bool, variants: tuple[str, str]) -> dict[str, Any]:
-    """CV accuracy of the reference trial (with batch norm or without), seeds 0..seeds-1, under
-    two variants of `lever`."""
+    """CV accuracy of the reference trial (with batch norm or without), seeds 0..seeds-1, with
+    two variants' kernels (`lever`)."""
     accuracies: dict[str, list[float]] = {name: [] for name in variants}
+    threads = torch.get_num_threads()
     for seed in range(seeds):
-        trial = reference_trial(epochs, batch_norm=batch_norm, seed=seed)
         for name, runs in accuracies.items():
-            with lever(name):
-                runs.append(trial())
+            kernels = lever(name, batch_norm, threads)
+            runs.append(reference_trial(epochs, batch_norm=batch_norm, seed=seed, kernels=kernels)())
     return {"cv_accuracy": accuracies, "mean": {n: statistics.mean(a) for n, a in accuracies.items()}}
 
 
@@ -331,16 +343,17 @@ KINDS = {  # operator name fragments -> the kind reported
     "convolution_backward": "convolution backward",
     "mkldnn_convolution": "convolution forward",
     "max_pool2d": "max-pooling",
+    "batch_norm": "batch norm (both passes)",
     "bmm": "batched products",
     "adam": "Adam",
     "fill_": "zero-fills",
 }
 
 
-def profile_part(epochs: int = 5) -> dict[str, Any]:
+def profile_part(epochs: int = 5, batch_norm: bool = False) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
-    trial = reference_trial(epochs)
+    trial = reference_trial(epochs, batch_norm=batch_norm)
     trial()
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -352,17 +365,33 @@ def profile_part(epochs: int = 5) -> dict[str, Any]:
         total += event.self_cpu_time_total
         kind = next((k for frag, k in KINDS.items() if frag in event.key.lower()), "other operators")
         shares[kind] = shares.get(kind, 0.0) + event.self_cpu_time_total
-    return {"epochs": epochs, "wall_s_profiled": wall, "operators_s": total / 1e6, "share": {k: v / total for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}}
+    return {
+        "epochs": epochs,
+        "wall_s_profiled": wall,
+        "operators_s": total / 1e6,
+        "share": {k: v / total for k, v in sorted(shares.items(), key=lambda kv: -kv[1])},
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="heap,conv2,step,profile,trial,trial_batch_norm")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3, help="whole trials per lever (the micro-benchmarks take many more)")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="whole trials per lever (the micro-benchmarks take many more)"
+    )
     ap.add_argument("--quick", action="store_true", help="a few repeats of each part and a 1-epoch trial")
-    ap.add_argument("--epochs", type=int, default=FULL.epochs, help="epochs of the trial parts' trials (shorter: more repeats in the time)")
-    ap.add_argument("--variants", default=None, help=f"the trial parts' variants, comma-separated (default all: {','.join(TRIAL_VARIANTS)})")
+    ap.add_argument(
+        "--epochs",
+        type=int,
+        default=FULL.epochs,
+        help="epochs of the trial parts' trials (shorter: more repeats in the time)",
+    )
+    ap.add_argument(
+        "--variants",
+        default=None,
+        help=f"the trial parts' variants, comma-separated (default all: {','.join(TRIAL_VARIANTS)})",
+    )
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--heap-child", default=None, help=argparse.SUPPRESS)  # heap_part's child: "repeats,epochs"
     args = ap.parse_args(argv)
@@ -373,8 +402,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     variants = None if args.variants is None else tuple(args.variants.split(","))
     if variants and set(variants) - set(TRIAL_VARIANTS):
-        ap.error(f"--variants: unknown {sorted(set(variants) - set(TRIAL_VARIANTS))}; known: {', '.join(TRIAL_VARIANTS)}")
-    result: dict[str, Any] = {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__, "quick": args.quick, "epochs": args.epochs}
+        ap.error(
+            f"--variants: unknown {sorted(set(variants) - set(TRIAL_VARIANTS))}; known: {', '.join(TRIAL_VARIANTS)}"
+        )
+    result: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "epochs": args.epochs,
+    }
     micro = 3 if args.quick else None
     seeds_epochs = (1, 1) if args.quick else (5, FULL.epochs)
     parts = {
@@ -382,12 +419,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "step": lambda: step_part(repeats=micro or 200),
         "heap": lambda: heap_part(micro or 200, 1 if args.quick else FULL.epochs, 1 if args.quick else args.repeats),
         "profile": lambda: profile_part(1 if args.quick else 5),
+        "profile_batch_norm": lambda: profile_part(1 if args.quick else 5, batch_norm=True),
         "compile": lambda: compile_part(repeats=micro or 100),
-        "trial": lambda: trial_part(1 if args.quick else args.repeats, 1 if args.quick else args.epochs, variants=variants),
+        "trial": lambda: trial_part(
+            1 if args.quick else args.repeats, 1 if args.quick else args.epochs, variants=variants
+        ),
         "batch_norm_accuracy": lambda: accuracy_part(*seeds_epochs, True, ("as_is", "unfused_first_layer")),
         "winograd_accuracy": lambda: accuracy_part(*seeds_epochs, False, ("winograd_any_threads", "direct_conv2")),
-        "winograd_accuracy_batch_norm": lambda: accuracy_part(*seeds_epochs, True, ("winograd_any_threads", "direct_conv2")),
-        "trial_batch_norm": lambda: trial_part(1 if args.quick else args.repeats, 1 if args.quick else args.epochs, batch_norm=True, variants=variants),
+        "winograd_accuracy_batch_norm": lambda: accuracy_part(
+            *seeds_epochs, True, ("winograd_any_threads", "direct_conv2")
+        ),
+        "trial_batch_norm": lambda: trial_part(
+            1 if args.quick else args.repeats, 1 if args.quick else args.epochs, batch_norm=True, variants=variants
+        ),
     }
     for name in args.parts.split(","):
         result[name] = parts[name]()

@@ -2,9 +2,9 @@
 
     python benchmarks/load_worker.py CONFIG_JSON
 
-Opens the store with hpo.storage.open_storage (real heartbeats), loads the study, prints
+Opens the store with hpo.store.connect.open_storage (real heartbeats), loads the study, prints
 "ready" and waits for a line on stdin (so that every worker starts together, after the slow
-imports), then runs hpo.worker.run_until with an objective that suggests three parameters and
+imports), then runs hpo.search.loop.run_until with an objective that suggests three parameters and
 reports once per sleeping "epoch". Optuna's ask, tell, report and should_prune are wrapped at
 class level to time every call, and the store's methods to total the time spent in the
 database by each of those calls, by the loop itself and by the heartbeat thread. Writes what
@@ -23,17 +23,23 @@ import threading
 import time
 import traceback
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
-from hpo.resilient import WRAPPED, ResilientRDBStorage
-from hpo.storage import open_storage
-from hpo.worker import run_until
+from hpo.search.loop import run_until
+from hpo.store.connect import open_storage
+from hpo.store.outages import WRAPPED, ResilientRDBStorage
 
-TIMED = {"ask": (optuna.study.Study, "ask"), "tell": (optuna.study.Study, "tell"), "suggest": (optuna.trial.Trial, "suggest_float"),
-         "report": (optuna.trial.Trial, "report"), "should_prune": (optuna.trial.Trial, "should_prune")}
+TIMED = {
+    "ask": (optuna.study.Study, "ask"),
+    "tell": (optuna.study.Study, "tell"),
+    "suggest": (optuna.trial.Trial, "suggest_float"),
+    "report": (optuna.trial.Trial, "report"),
+    "should_prune": (optuna.trial.Trial, "should_prune"),
+}
 
 
 class Meter:
@@ -118,8 +124,12 @@ def main(config: dict[str, Any]) -> int:
         meter.time_store(attr)
     result: dict[str, Any] = {"error": None}
     try:
-        storage = open_storage(config["url"], heartbeat_interval=config["heartbeat_interval"], retries=2,
-                               connect_timeout=config["connect_timeout"])
+        storage = open_storage(
+            config["url"],
+            heartbeat_interval=config["heartbeat_interval"],
+            retries=2,
+            connect_timeout=config["connect_timeout"],
+        )
         sampler = optuna.samplers.TPESampler(n_startup_trials=20)  # as hpo's studies: TPE, median pruner
         pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=min(3, config["epochs"] - 1))
         study = optuna.load_study(study_name=config["study"], storage=storage, sampler=sampler, pruner=pruner)
@@ -131,12 +141,16 @@ def main(config: dict[str, Any]) -> int:
         start = time.perf_counter()
         run_until(study, make_objective(config["epochs"], config["epoch_seconds"]), config["target"], retries=2)
         result["loop_s"] = time.perf_counter() - start
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which counts failures
+    except BaseException as exc:
         result["error"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         traceback.print_exc()
     result.update(
-        asked=meter.asked, latency_ms=meter.latency_ms, storage_s=meter.storage_s, storage_calls=meter.storage_calls,
-        torch_imported="torch" in sys.modules, max_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        asked=meter.asked,
+        latency_ms=meter.latency_ms,
+        storage_s=meter.storage_s,
+        storage_calls=meter.storage_calls,
+        torch_imported="torch" in sys.modules,
+        max_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
     Path(config["result"]).write_text(json.dumps(result))
     assert "torch" not in sys.modules, "a simulated worker must stay light"

@@ -51,7 +51,9 @@ hidden = 32
 
 def pg(action: str) -> None:
     version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action], check=True, capture_output=True)
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action], check=True, capture_output=True
+    )
 
 
 def admin(sql: str, **params: Any) -> Any:
@@ -73,10 +75,32 @@ def scenario(name: str, act: Any, spec: Path, trials: int, timeout: float) -> di
     db = f"hpo_outage_{uuid.uuid4().hex[:8]}"
     admin(f'CREATE DATABASE "{db}"')
     url = SERVER.rsplit("/", 1)[0] + f"/{db}"
-    argv = [sys.executable, "-m", "hpo", "optimize", "--spec", str(spec), "--trials", str(trials), "--storage", url,
-            "--threads", "1", "--jobs", "1", "--heartbeat-interval", "2", "--confirm", "0", "--connect-timeout", str(timeout)]
+    argv = [
+        sys.executable,
+        "-m",
+        "hpo",
+        "optimize",
+        "--spec",
+        str(spec),
+        "--trials",
+        str(trials),
+        "--storage",
+        url,
+        "--threads",
+        "1",
+        "--jobs",
+        "1",
+        "--heartbeat-interval",
+        "2",
+        "--confirm",
+        "0",
+        "--connect-timeout",
+        str(timeout),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     try:
         while running(url) < 2 and all(p.poll() is None for p in procs):
             time.sleep(0.2)
@@ -102,7 +126,12 @@ def scenario(name: str, act: Any, spec: Path, trials: int, timeout: float) -> di
         "fail": sum(t.state == TrialState.FAIL for t in study),
         "running": sum(t.state == TrialState.RUNNING for t in study),
         "run_twice": len(seeds) - len(set(seeds)),
-        "said": sorted({re.sub(r"\d+\.\d+ s", "N s", line.split(": ", 1)[-1] if line.startswith("worker") else line) for line in said}),
+        "said": sorted(
+            {
+                re.sub(r"\d+\.\d+ s", "N s", line.split(": ", 1)[-1] if line.startswith("worker") else line)
+                for line in said
+            }
+        ),
     }
 
 
@@ -127,9 +156,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             scenario("terminate", terminate, spec, args.trials, 120),
             scenario("down > limit", lambda db: (pg("stop"), time.sleep(12)), spec, args.trials, 5),
         ]
-    print("| scenario | exit codes | away (s) | finished | FAIL | RUNNING | run twice |\n| --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "| scenario | exit codes | away (s) | finished | FAIL | RUNNING | run twice |\n| --- | --- | --- | --- | "
+        "--- | --- | --- |"
+    )
     for r in rows:
-        print(f"| {r['scenario']} | {r['exit']} | {r['away_s'] or '-'} | {r['finished']} | {r['fail']} | {r['running']} | {r['run_twice']} |")
+        print(
+            f"| {r['scenario']} | {r['exit']} | {r['away_s'] or '-'} | {r['finished']} | {r['fail']} | "
+            f"{r['running']} | {r['run_twice']} |"
+        )
     for r in rows:
         print(f"\n{r['scenario']}:", *(f"\n  {line}" for line in r["said"]))
     if args.json:

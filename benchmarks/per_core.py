@@ -29,10 +29,11 @@ import optuna
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import FULL, QUICK, REFERENCE, cpu_model, gemm_peak, median_of, reference_flops, reference_spec  # noqa: E402
+from bench import FULL, QUICK, REFERENCE, cpu_model, gemm_peak, median_of, reference_flops, reference_spec
 
-from hpo.data import cv_pairs, resolve_data_dir  # noqa: E402
-from hpo.objective import Objective, study_folds  # noqa: E402
+from hpo.search.objective import Objective
+from hpo.training.cv import study_folds
+from hpo.training.data import cv_pairs, resolve_data_dir
 
 
 def child(quick: bool, seed_offset: int) -> None:
@@ -58,7 +59,11 @@ def one_round(processes: int, quick: bool, round_: int) -> list[dict[str, float]
     procs = []
     for p in range(processes):
         argv[-1] = str(round_ * processes + p)
-        procs.append(subprocess.Popen(argv + (["--quick"] if quick else []), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                argv + (["--quick"] if quick else []), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
+        )
     for proc in procs:
         if proc.stdout is None or proc.stdout.readline().strip() != "ready":
             raise SystemExit(f"a trial process failed before training (exit {proc.wait()})")
@@ -77,7 +82,9 @@ def one_round(processes: int, quick: bool, round_: int) -> list[dict[str, float]
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="trials at once [one per core: %(default)s]")
+    ap.add_argument(
+        "--processes", type=int, default=os.cpu_count() or 1, help="trials at once [one per core: %(default)s]"
+    )
     ap.add_argument("--repeats", type=int, default=3, help="rounds; medians reported")
     ap.add_argument("--quick", action="store_true", help="one tiny round")
     ap.add_argument("--json", type=Path, default=None)
@@ -89,21 +96,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sizes = QUICK if args.quick else FULL
     rounds = [one_round(args.processes, args.quick, r) for r in range(1 if args.quick else args.repeats)]
     spec = reference_spec(sizes)
-    folds = study_folds(cv_pairs(resolve_data_dir(None), sizes.pairs, spec.seed, download=False), spec.train.folds, spec.seed)
+    folds = study_folds(
+        cv_pairs(resolve_data_dir(None), sizes.pairs, spec.seed, download=False), spec.train.folds, spec.seed
+    )
     flops = reference_flops(spec, folds)
     torch.set_num_threads(args.processes)
     peak = gemm_peak(torch.float32, 1 if args.quick else args.repeats)
     slowest = [max(r["seconds"] for r in trials) for trials in rounds]
     rate = args.processes * flops["trial_gflop"] / statistics.median(slowest)
     result = {
-        "cpu": cpu_model(), "processes": args.processes, "quick": args.quick, "trial_gflop": flops["trial_gflop"],
+        "cpu": cpu_model(),
+        "processes": args.processes,
+        "quick": args.quick,
+        "trial_gflop": flops["trial_gflop"],
         "rounds_s": [[r["seconds"] for r in trials] for trials in rounds],
         "cv_accuracies": [[r["accuracy"] for r in trials] for trials in rounds],
-        "slowest_s": statistics.median(slowest), "machine_gflops": rate,
-        "peak_gflops_all_cores": peak, "fraction_of_peak": rate / peak,
+        "slowest_s": statistics.median(slowest),
+        "machine_gflops": rate,
+        "peak_gflops_all_cores": peak,
+        "fraction_of_peak": rate / peak,
     }
-    print(f"| {args.processes} trials at once, one per process on one thread: slowest (s, median of {len(rounds)}) | {result['slowest_s']:.1f} |")
-    print(f"| the machine's rate (GFLOP/s, direct count) / GEMM peak at {args.processes} threads | {rate:.1f} / {peak:.0f} = {rate / peak:.0%} |")
+    print(
+        f"| {args.processes} trials at once, one per process on one thread: slowest (s, median of {len(rounds)}) "
+        f"| {result['slowest_s']:.1f} |"
+    )
+    print(
+        f"| the machine's rate (GFLOP/s, direct count) / GEMM peak at {args.processes} threads | {rate:.1f} / "
+        f"{peak:.0f} = {rate / peak:.0%} |"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -46,7 +46,9 @@ def version() -> str | None:
 
 
 @contextmanager
-def pgbouncer(server: sqlalchemy.URL, mode: str = "transaction", pool: int = 20, prepared: int = 0) -> Iterator[sqlalchemy.URL]:
+def pgbouncer(
+    server: sqlalchemy.URL, mode: str = "transaction", pool: int = 20, prepared: int = 0
+) -> Iterator[sqlalchemy.URL]:
     """Yield `server`'s URL through a fresh pgbouncer; its log is appended to the exception when it dies."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not Path(binary).exists():
@@ -57,18 +59,30 @@ def pgbouncer(server: sqlalchemy.URL, mode: str = "transaction", pool: int = 20,
     folder = Path(tempfile.mkdtemp(prefix="hpo-pgbouncer-"))
     folder.chmod(0o755)
     (folder / "users.txt").write_text(f'"{server.username}" ""\n')
-    (folder / "pgbouncer.ini").write_text(CONFIG.format(host=server.host or "127.0.0.1", port=server.port or 5432, listen=listen,
-                                                        folder=folder, mode=mode, pool=pool,
-                                                        prepared=f"max_prepared_statements = {prepared}\n" if prepared else ""))
+    (folder / "pgbouncer.ini").write_text(
+        CONFIG.format(
+            host=server.host or "127.0.0.1",
+            port=server.port or 5432,
+            listen=listen,
+            folder=folder,
+            mode=mode,
+            pool=pool,
+            prepared=f"max_prepared_statements = {prepared}\n" if prepared else "",
+        )
+    )
     user = ["-u", "postgres"] if os.geteuid() == 0 else []
     if user:
         shutil.chown(folder, "postgres")
-    proc = subprocess.Popen([binary, *user, str(folder / "pgbouncer.ini")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [binary, *user, str(folder / "pgbouncer.ini")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 10
         while not _listening(listen):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"pgbouncer did not start: {proc.stderr.read() if proc.poll() is not None else 'timeout'}")
+                raise RuntimeError(
+                    f"pgbouncer did not start: {proc.stderr.read() if proc.poll() is not None else 'timeout'}"
+                )
             time.sleep(0.1)
         yield server.set(host="127.0.0.1", port=listen)
     finally:

@@ -10,7 +10,7 @@ study.tell, the peak of PostgreSQL connections to the run's database (sampled fr
 pg_stat_activity), and the invariants read back from the study: no duplicate trial number, no
 lost trial (every trial a worker asked for is in the store and finished), none left RUNNING.
 Each PostgreSQL run has a fresh database (dropped after); each SQLite run a fresh file.
-Prints a Markdown table and writes JSON (--json, default benchmarks/storage_load.json).
+Prints a Markdown table and writes JSON (--json, default benchmarks/results/storage_load.json).
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pgbouncer  # noqa: E402
+import pgbouncer
+from support import POSTGRES, fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "load_worker.py"
-DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+DEFAULT_SERVER = POSTGRES
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -57,22 +58,24 @@ class Plan:
 QUICK = Plan(postgres=(4,), sqlite=(2,), trials_per_worker=2, epochs=2, epoch_seconds=0.2, wall_limit_s=45.0)
 
 
-def run(backend: str, n: int, plan: Plan, server: sqlalchemy.URL, workdir: Path, via: sqlalchemy.URL | None = None) -> dict[str, Any]:
+def run(
+    backend: str, n: int, plan: Plan, server: sqlalchemy.URL, workdir: Path, via: sqlalchemy.URL | None = None
+) -> dict[str, Any]:
     """One run of n workers on a fresh store; what it measured and what the study holds after.
 
     `via`: the server as the workers reach it (through pgbouncer), when not directly.
     """
-    database = f"hpo_load_{uuid.uuid4().hex[:10]}"
     admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.NullPool)
-    if backend == "postgresql":
-        with admin.connect() as conn:
-            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{database}"'))
-        url = server.set(database=database).render_as_string(hide_password=False)
-        worker_url = (via or server).set(database=database).render_as_string(hide_password=False)
-    else:
-        url = worker_url = f"sqlite:///{workdir / (database + '.db')}"
-    try:
-        from hpo.storage import open_storage
+    with ExitStack() as stack:
+        stack.callback(admin.dispose)
+        if backend == "postgresql":
+            url = stack.enter_context(fresh_database(server, prefix="hpo_load"))
+            database = sqlalchemy.make_url(url).database or ""
+            worker_url = (via or server).set(database=database).render_as_string(hide_password=False)
+        else:
+            database = f"hpo_load_{uuid.uuid4().hex[:10]}"
+            url = worker_url = f"sqlite:///{workdir / (database + '.db')}"
+        from hpo.store.connect import open_storage
 
         storage = open_storage(url)
         optuna.create_study(study_name="load", storage=storage, direction="maximize")
@@ -81,25 +84,38 @@ def run(backend: str, n: int, plan: Plan, server: sqlalchemy.URL, workdir: Path,
         record.update(_invariants(url, workers))  # read directly, not through pgbouncer
         record.update(_latencies(workers, record["finished"]))
         return record
-    finally:
-        if backend == "postgresql":
-            with admin.connect() as conn:
-                conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        admin.dispose()
 
 
-def _measure(backend: str, n: int, plan: Plan, url: str, database: str, admin: sqlalchemy.Engine,
-             workdir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _measure(
+    backend: str, n: int, plan: Plan, url: str, database: str, admin: sqlalchemy.Engine, workdir: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     target = n * plan.trials_per_worker
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     procs, results, logs = [], [], []
     for i in range(n):
         results.append(workdir / f"{database}-{i}.json")
         logs.append(workdir / f"{database}-{i}.log")
-        config = {"url": url, "study": "load", "target": target, "epochs": plan.epochs, "epoch_seconds": plan.epoch_seconds,
-                  "heartbeat_interval": plan.heartbeat_interval, "connect_timeout": 60, "result": str(results[-1])}
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), json.dumps(config)], cwd=ROOT, env=env, text=True,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[-1].open("w")))
+        config = {
+            "url": url,
+            "study": "load",
+            "target": target,
+            "epochs": plan.epochs,
+            "epoch_seconds": plan.epoch_seconds,
+            "heartbeat_interval": plan.heartbeat_interval,
+            "connect_timeout": 60,
+            "result": str(results[-1]),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(WORKER), json.dumps(config)],
+                cwd=ROOT,
+                env=env,
+                text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=logs[-1].open("w"),
+            )
+        )
     connections = _Sampler(admin, database) if backend == "postgresql" else None
     deadline = time.monotonic() + plan.wall_limit_s + 240  # imports of n processes on a few cores
     ready = sum(_wait_ready(p, deadline) for p in procs)
@@ -116,14 +132,23 @@ def _measure(backend: str, n: int, plan: Plan, url: str, database: str, admin: s
     peak = connections.stop() if connections else None
     workers = [json.loads(r.read_text()) if r.exists() else {"error": "no result (killed)"} for r in results]
     stderr = "".join(log.read_text(errors="replace") for log in logs)
-    record = {"backend": backend, "workers": n, "target": target, "ready": ready, "timed_out": timed_out,
-              "wall_s": round(wall, 2), "load_before": load_before, "load_after": os.getloadavg()[0],
-              "machine_cpu_busy": round(busy / total, 3) if total else None,
-              "peak_connections": peak, "peak_connections_per_worker": round(peak / n, 2) if peak is not None else None,
-              "worker_errors": [w["error"] for w in workers if w["error"]],
-              "database_is_locked": stderr.count("database is locked"),
-              "torch_imported": any(w.get("torch_imported") for w in workers),
-              "max_worker_rss_mib": round(max(w.get("max_rss_mib", 0) for w in workers), 1)}
+    record = {
+        "backend": backend,
+        "workers": n,
+        "target": target,
+        "ready": ready,
+        "timed_out": timed_out,
+        "wall_s": round(wall, 2),
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+        "machine_cpu_busy": round(busy / total, 3) if total else None,
+        "peak_connections": peak,
+        "peak_connections_per_worker": round(peak / n, 2) if peak is not None else None,
+        "worker_errors": [w["error"] for w in workers if w["error"]],
+        "database_is_locked": stderr.count("database is locked"),
+        "torch_imported": any(w.get("torch_imported") for w in workers),
+        "max_worker_rss_mib": round(max(w.get("max_rss_mib", 0) for w in workers), 1),
+    }
     return record, workers
 
 
@@ -179,7 +204,7 @@ class _Sampler:
 
 
 def _invariants(url: str, workers: list[dict[str, Any]]) -> dict[str, Any]:
-    from hpo.storage import open_storage
+    from hpo.store.connect import open_storage
 
     storage = open_storage(url)
     trials = optuna.load_study(study_name="load", storage=storage).get_trials(deepcopy=False)
@@ -188,7 +213,11 @@ def _invariants(url: str, workers: list[dict[str, Any]]) -> dict[str, Any]:
     state = {t.number: t.state for t in trials}
     asked = [number for w in workers for number in w.get("asked", [])]
     finished = [t for t in trials if t.state in FINISHED]
-    span = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds() if finished else 0
+    span = (
+        (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds()
+        if finished
+        else 0
+    )
     retry_of = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
 
     def recovered(number: int) -> bool:
@@ -214,8 +243,16 @@ def _latencies(workers: list[dict[str, Any]], finished: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for op in ("ask", "suggest", "report", "should_prune", "tell"):
         samples = sorted(x for w in workers for x in w.get("latency_ms", {}).get(op, []))
-        out[f"{op}_ms"] = {"n": len(samples), "p50": _pct(samples, 50), "p99": _pct(samples, 99),
-                           "mean": round(sum(samples) / len(samples), 1)} if samples else None
+        out[f"{op}_ms"] = (
+            {
+                "n": len(samples),
+                "p50": _pct(samples, 50),
+                "p99": _pct(samples, 99),
+                "mean": round(sum(samples) / len(samples), 1),
+            }
+            if samples
+            else None
+        )
     seconds: dict[str, float] = {}
     calls: dict[str, int] = {}
     for w in workers:
@@ -242,27 +279,55 @@ def _pct(samples: list[float], q: float) -> float:
 
 
 def table(runs: list[dict[str, Any]]) -> str:
-    head = ("| store | N | finished | trials/s | ask p50/p99 ms | report p50/p99 ms | tell p50/p99 ms | peak conns (per worker) "
-            "| dup / lost (unrecovered) / left running / failed | storage ms per trial (main + heartbeat) | storage share "
-            "| machine CPU busy | errors |")
+    head = (
+        "| store | N | finished | trials/s | ask p50/p99 ms | report p50/p99 ms | tell p50/p99 ms | peak conns "
+        "(per worker) "
+        "| dup / lost (unrecovered) / left running / failed | storage ms per trial (main + heartbeat) | storage share "
+        "| machine CPU busy | errors |"
+    )
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for r in runs:
-        lat = [f"{r[f'{op}_ms']['p50']} / {r[f'{op}_ms']['p99']}" if r[f"{op}_ms"] else "-" for op in ("ask", "report", "tell")]
-        conns = f"{r['peak_connections']} ({r['peak_connections_per_worker']})" if r["peak_connections"] is not None else "-"
-        errors = str(len(r["worker_errors"])) + (f", {r['database_is_locked']} locked" if r["database_is_locked"] else "")
-        lines.append(f"| {r['backend']} | {r['workers']} | {r['finished']} | {r['trials_per_s']} | {lat[0]} | {lat[1]} | {lat[2]} "
-                     f"| {conns} | {r['duplicate_numbers']} / {r['lost']} ({r['unrecovered']}) / {r['running_left']} / {r['failed']} "
-                     f"| {r['storage_main_ms_per_trial']} + {r['storage_heartbeat_ms_per_trial']} | {_percent(r['storage_share_of_worker_time'])} "
-                     f"| {_percent(r['machine_cpu_busy'])} | {errors}"
-                     f"{' (timed out)' if r['timed_out'] else ''} |")
+        lat = [
+            f"{r[f'{op}_ms']['p50']} / {r[f'{op}_ms']['p99']}" if r[f"{op}_ms"] else "-"
+            for op in ("ask", "report", "tell")
+        ]
+        conns = (
+            f"{r['peak_connections']} ({r['peak_connections_per_worker']})"
+            if r["peak_connections"] is not None
+            else "-"
+        )
+        errors = str(len(r["worker_errors"])) + (
+            f", {r['database_is_locked']} locked" if r["database_is_locked"] else ""
+        )
+        lines.append(
+            f"| {r['backend']} | {r['workers']} | {r['finished']} | {r['trials_per_s']} | {lat[0]} | {lat[1]} | "
+            f"{lat[2]} "
+            f"| {conns} | {r['duplicate_numbers']} / {r['lost']} ({r['unrecovered']}) / {r['running_left']} / "
+            f"{r['failed']} "
+            f"| {r['storage_main_ms_per_trial']} + {r['storage_heartbeat_ms_per_trial']} | "
+            f"{_percent(r['storage_share_of_worker_time'])} "
+            f"| {_percent(r['machine_cpu_busy'])} | {errors}"
+            f"{' (timed out)' if r['timed_out'] else ''} |"
+        )
     return "\n".join(lines)
 
 
 def machine() -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-                  if line.startswith("Model name")), platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "python": platform.python_version(), "optuna": optuna.__version__}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+            if line.startswith("Model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "optuna": optuna.__version__,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -273,29 +338,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--trials-per-worker", type=int)
     parser.add_argument("--epoch-seconds", type=float)
     parser.add_argument("--server", default=os.environ.get("HPO_TEST_POSTGRES_URL", DEFAULT_SERVER))
-    parser.add_argument("--pgbouncer", choices=("transaction", "session"), help="workers reach PostgreSQL through pgbouncer in this pool mode")
+    parser.add_argument(
+        "--pgbouncer",
+        choices=("transaction", "session"),
+        help="workers reach PostgreSQL through pgbouncer in this pool mode",
+    )
     parser.add_argument("--pgbouncer-pool", type=int, default=20, help="pgbouncer's server connections per database")
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "storage_load.json"))
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "storage_load.json"))
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     plan = QUICK if args.quick else Plan()
-    counts = {k: tuple(int(x) for x in v.split(",") if x) for k, v in (("postgres", args.postgres), ("sqlite", args.sqlite)) if v is not None}
-    extra = {k: v for k, v in (("trials_per_worker", args.trials_per_worker), ("epoch_seconds", args.epoch_seconds)) if v is not None}
+    counts = {
+        k: tuple(int(x) for x in v.split(",") if x)
+        for k, v in (("postgres", args.postgres), ("sqlite", args.sqlite))
+        if v is not None
+    }
+    extra = {
+        k: v
+        for k, v in (("trials_per_worker", args.trials_per_worker), ("epoch_seconds", args.epoch_seconds))
+        if v is not None
+    }
     plan = Plan(**{**asdict(plan), **counts, **extra})
     server = sqlalchemy.make_url(args.server)
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hpo-load-") as tmp, ExitStack() as stack:
-        via = stack.enter_context(pgbouncer.pgbouncer(server, args.pgbouncer, args.pgbouncer_pool)) if args.pgbouncer else None
+        via = (
+            stack.enter_context(pgbouncer.pgbouncer(server, args.pgbouncer, args.pgbouncer_pool))
+            if args.pgbouncer
+            else None
+        )
         for backend, counts_ in (("postgresql", plan.postgres), ("sqlite", plan.sqlite)):
             for n in counts_:
                 runs.append(run(backend, n, plan, server, Path(tmp), via if backend == "postgresql" else None))
                 if via is not None and backend == "postgresql":
                     runs[-1]["backend"] = f"postgresql via pgbouncer ({args.pgbouncer}, pool {args.pgbouncer_pool})"
                 print(table(runs[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    result = {"command": " ".join(["python benchmarks/storage_load.py", *(argv if argv is not None else sys.argv[1:])]),
-              "quick": args.quick, "plan": asdict(plan), "machine": machine(), "runs": runs,
-              "pgbouncer": {"version": pgbouncer.version(), "mode": args.pgbouncer, "pool": args.pgbouncer_pool} if args.pgbouncer else None,
-              "max_connections": _max_connections(server) if plan.postgres else None}
+    result = {
+        "command": " ".join(["python benchmarks/storage_load.py", *(argv if argv is not None else sys.argv[1:])]),
+        "quick": args.quick,
+        "plan": asdict(plan),
+        "machine": machine(),
+        "runs": runs,
+        "pgbouncer": {"version": pgbouncer.version(), "mode": args.pgbouncer, "pool": args.pgbouncer_pool}
+        if args.pgbouncer
+        else None,
+        "max_connections": _max_connections(server) if plan.postgres else None,
+    }
     print(table(runs))
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     return result

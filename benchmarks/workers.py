@@ -21,11 +21,12 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
+from support import POSTGRES, fresh_database
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+DEFAULT_SERVER = POSTGRES
 
 
 def instrumented_worker(report: str, options: str) -> None:
@@ -40,9 +41,9 @@ def instrumented_worker(report: str, options: str) -> None:
     totals = {"main_s": 0.0, "main_calls": 0, "other_threads_s": 0.0, "other_calls": 0}
     lock = threading.Lock()
 
-    def timed(method):  # type: ignore[no-untyped-def]
+    def timed(method):
         @functools.wraps(method)
-        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):
             if getattr(local, "depth", 0):
                 return method(*args, **kwargs)  # count the outermost call only
             local.depth = 1
@@ -70,47 +71,50 @@ def instrumented_worker(report: str, options: str) -> None:
     Path(report).write_text(json.dumps(totals))
 
 
-def _database(server: str, name: str, create: bool) -> str:
-    import sqlalchemy
-
-    url = sqlalchemy.make_url(server)
-    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.NullPool)
-    with admin.connect() as conn:
-        if create:
-            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-        else:
-            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    return url.set(database=name).render_as_string(hide_password=False)
-
-
 def run_configuration(workers: int, args: argparse.Namespace, server: str) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    name = f"hpo_bench_{uuid.uuid4().hex[:10]}"
-    url = _database(server, name, create=True)
-    reports = [Path(tempfile.mkstemp(suffix=".json")[1]) for _ in range(workers)]
-    options = json.dumps({"trials": args.trials, "epochs": args.epochs, "pruner": "none", "threads": 1,
-                          "storage": url, "study": "bench", "confirm": 0})
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    try:
-        start = time.perf_counter()
-        procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(r), options], cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in reports]
-        for proc in procs:
-            _, err = proc.communicate()
-            if proc.returncode != 0:
-                raise SystemExit(f"worker failed: {err[-2000:]}")
-        wall = time.perf_counter() - start
-        trials = optuna.load_study(study_name="bench", storage=url).get_trials()
-        done = [t for t in trials if t.state == TrialState.COMPLETE]
-        first = min(t.datetime_start for t in done)
-        last = max(t.datetime_complete for t in done)
-        totals = [json.loads(r.read_text()) for r in reports]
-    finally:
-        _database(server, name, create=False)
-        for r in reports:
-            r.unlink(missing_ok=True)
+    with fresh_database(server) as url:
+        reports = [Path(tempfile.mkstemp(suffix=".json")[1]) for _ in range(workers)]
+        options = json.dumps(
+            {
+                "trials": args.trials,
+                "epochs": args.epochs,
+                "pruner": "none",
+                "threads": 1,
+                "storage": url,
+                "study": "bench",
+                "confirm": 0,
+            }
+        )
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        try:
+            start = time.perf_counter()
+            procs = [
+                subprocess.Popen(
+                    [sys.executable, __file__, "--worker", str(r), options],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for r in reports
+            ]
+            for proc in procs:
+                _, err = proc.communicate()
+                if proc.returncode != 0:
+                    raise SystemExit(f"worker failed: {err[-2000:]}")
+            wall = time.perf_counter() - start
+            trials = optuna.load_study(study_name="bench", storage=url).get_trials()
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            first = min(t.datetime_start for t in done)
+            last = max(t.datetime_complete for t in done)
+            totals = [json.loads(r.read_text()) for r in reports]
+        finally:
+            for r in reports:
+                r.unlink(missing_ok=True)
     busy = (last - first).total_seconds()
     return {
         "workers": workers,
@@ -129,20 +133,29 @@ def run_configuration(workers: int, args: argparse.Namespace, server: str) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=5, help="epochs per trial (the spec's 25 is slow on a shared machine)")
+    parser.add_argument(
+        "--epochs", type=int, default=5, help="epochs per trial (the spec's 25 is slow on a shared machine)"
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--server", default=os.environ.get("HPO_TEST_POSTGRES_URL", DEFAULT_SERVER))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "workers.json")
     args = parser.parse_args()
     runs: dict[int, list[dict]] = {1: [], 2: []}
     for repeat in range(args.repeats):
-        for workers in ((1, 2) if repeat % 2 == 0 else (2, 1)):
+        for workers in (1, 2) if repeat % 2 == 0 else (2, 1):
             result = run_configuration(workers, args, args.server)
             runs[workers].append(result)
             print(json.dumps(result), flush=True)
     summary = {
-        "config": {"trials": args.trials, "epochs": args.epochs, "pruner": "none", "threads_per_worker": 1,
-                   "repeats": args.repeats, "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
+        "config": {
+            "trials": args.trials,
+            "epochs": args.epochs,
+            "pruner": "none",
+            "threads_per_worker": 1,
+            "repeats": args.repeats,
+            "cpus": os.cpu_count(),
+            "load_average_at_end": os.getloadavg(),
+        },
         "median": {
             str(w): {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "workers"} for w, rs in runs.items()
         },

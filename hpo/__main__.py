@@ -1,3 +1,3 @@
-from hpo.cli import app
+from hpo.cli import cli
 
-app(prog_name="hpo")
+cli(prog_name="hpo")

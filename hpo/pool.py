@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,11 +37,15 @@ from hpo.app import (
     open_study,
     optimize,
     optimize_result,
+    study_pairs,
 )
 from hpo.errors import HpoError, first_line
-from hpo.worker import Interrupted, fail_trials_of, stop_signals_raise
+from hpo.search.retries import fail_trials_of
+from hpo.search.signals import Interrupted, stop_signals_raise
 
 POLL_SECONDS = 0.5
+PARENT_ENV = "HPO_POOL_PARENT"  # the command's pid, which a worker must not outlive
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def cores() -> int:
@@ -48,21 +53,38 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def resolve_jobs(jobs: str, threads: int | None) -> tuple[int, int | None]:
+# Workers per GPU for --jobs auto on CUDA: one until a GPU run measures that more pay (benchmarks/gpu.sh).
+WORKERS_PER_GPU = 1
+
+
+def cuda_devices(device: str) -> int:
+    """The GPUs --device would train on: torch's CUDA device count, 0 for --device cpu or without CUDA."""
+    if device == "cpu":
+        return 0
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_jobs(jobs: str, threads: int | None, gpus: int = 0) -> tuple[int, int | None]:
     """--jobs (auto or N) and --threads as (worker processes, torch threads per worker).
 
-    auto: one worker per core with one thread each, or cores // threads workers of --threads
-    threads. A lone worker keeps torch's own thread count unless --threads says otherwise.
+    auto: on `gpus` CUDA devices, WORKERS_PER_GPU workers per GPU (a CUDA worker's CPU threads
+    only feed its GPU); else one worker per core with one thread each, or cores // threads
+    workers of --threads threads. A lone worker keeps torch's own thread count unless --threads
+    says otherwise.
     """
     if jobs.strip().lower() == "auto":
-        n = max(1, cores() // (threads or 1))
+        n = gpus * WORKERS_PER_GPU if gpus else max(1, cores() // (threads or 1))
     else:
         try:
             n = int(jobs)
         except ValueError:
             raise HpoError(f"--jobs must be auto or a number of worker processes; got '{jobs}'") from None
         if not 1 <= n <= 4 * cores():
-            raise HpoError(f"--jobs must be between 1 and {4 * cores()} (4 x this machine's {cores()} cores) or auto; got {n}")
+            raise HpoError(
+                f"--jobs must be between 1 and {4 * cores()} (4 x this machine's {cores()} cores) or auto; got {n}"
+            )
     return n, (threads or 1) if n > 1 else threads
 
 
@@ -79,12 +101,16 @@ class Worker:
 def run_pool(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult:
     """app.optimize for options.jobs > 1: start the workers, watch them, return the study's result."""
     spec = check_optimize(options)
+    study_pairs(options, spec)  # bad data is refused here, before the study is created
     study, storage = open_study(options, spec, events.notice)
     # Leaders are confirmed once all workers are done: a worker that picked them while another
     # was just asking for its last trial would miss that trial, should it lead.
     child = replace(options, jobs=1, confirm=0)
     payload = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(child).items()})
-    workers = [Worker(i, _start(i, payload)) for i in range(1, options.jobs + 1)]
+    gpus = cuda_devices(options.device)
+    workers = [Worker(i, _start(i, payload, gpus)) for i in range(1, options.jobs + 1)]
+    if hasattr(events, "follow"):  # log lines: this command's workers' trials
+        events.follow({f"{socket.gethostname()}:{w.process.pid}" for w in workers})
     events.started(study, options.trials)
     signum = None
     try:
@@ -114,11 +140,22 @@ def run_pool(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
     return replace(optimize_result(study), failed_workers=[_failure(w) for w in failed])
 
 
-def _start(index: int, payload: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "HPO_WORKER_INDEX": str(index), "PYTHONUNBUFFERED": "1"}
+def worker_gpu(index: int, gpus: int, visible: str | None) -> dict[str, str]:
+    """The environment that gives worker `index` (1-based) one GPU of its own, round robin over
+    the `gpus` devices (those of CUDA_VISIBLE_DEVICES, `visible`, where the user set it)."""
+    if gpus < 2:
+        return {}
+    devices = visible.split(",") if visible else [str(i) for i in range(gpus)]
+    return {"CUDA_VISIBLE_DEVICES": devices[(index - 1) % len(devices)].strip()}
+
+
+def _start(index: int, payload: str, gpus: int = 0) -> subprocess.Popen[str]:
+    env = {**os.environ, "HPO_WORKER_INDEX": str(index), "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}
+    env.update(worker_gpu(index, gpus, os.environ.get("CUDA_VISIBLE_DEVICES")))
     # A session of its own: a terminal's Ctrl-C reaches the parent alone, which forwards it once.
-    return subprocess.Popen([sys.executable, "-m", "hpo.pool", payload], stdout=subprocess.PIPE, env=env,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo.pool", payload], stdout=subprocess.PIPE, env=env, text=True, start_new_session=True
+    )
 
 
 def _collect(worker: Worker, events: Any, study: optuna.Study, retries: int) -> None:
@@ -178,9 +215,33 @@ class ChildEvents(Silent):
         print(self.prefix + line, file=sys.stderr, flush=True)
 
 
+def die_with_parent(parent: int) -> None:
+    """SIGTERM this worker as soon as the command that started it is gone, SIGKILL included.
+
+    The worker then stops as it would on `docker compose stop`: its trial in hand is failed and
+    queued for retry, for the next worker. Linux delivers the signal itself (PR_SET_PDEATHSIG);
+    elsewhere, and for a parent that died before this ran, a thread watches the parent's pid.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0:
+            if os.getppid() != parent:  # it died before the request took effect
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def worker_main(payload: str) -> int:
     """One pool worker: run the study, then print one JSON line saying how it ended."""
-
+    if os.environ.get(PARENT_ENV):
+        die_with_parent(int(os.environ[PARENT_ENV]))
     events = ChildEvents(os.environ.get("HPO_WORKER_INDEX", "?"))
     report: dict[str, Any]
     try:
@@ -191,7 +252,7 @@ def worker_main(payload: str) -> int:
         report = {"status": "interrupted", "signum": exc.signum, "trial": exc.trial_number, "retry": exc.retry}
     except HpoError as exc:
         report = {"status": "error", "message": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - reported in one line by the parent; the others go on
+    except Exception as exc:
         report = {"status": "crashed", "message": f"{type(exc).__name__}: {first_line(exc)}"}
     print(json.dumps(report), flush=True)
     return 0 if report["status"] == "done" else 1

@@ -14,7 +14,7 @@ import sqlalchemy
 import torch
 from typer.testing import CliRunner
 
-from hpo.cli import app
+from hpo.cli import cli as hpo_cli
 
 torch.set_num_threads(1)
 # One worker process per `hpo optimize` unless a test asks for --jobs: tests run the loop in-process.
@@ -45,7 +45,10 @@ def write_synthetic_mnist(root: Path, n_train: int = 3000, n_test: int = 3000, s
 def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = os.environ.get("HPO_DATA_DIR")
     if env:
-        return Path(env)
+        # Absolute, and exported so: tests run hpo from other folders (a relative path breaks there).
+        path = Path(env).resolve()
+        os.environ["HPO_DATA_DIR"] = str(path)
+        return path
     return write_synthetic_mnist(tmp_path_factory.mktemp("mnist"))
 
 
@@ -90,9 +93,15 @@ hidden = 32
 def write_spec(tmp_path: Path) -> Callable[..., Path]:
     """A small real spec (200 pairs, 2 folds, narrow net); keyword args fill its blanks, `body` replaces it."""
 
-    def write(body: str | None = None, name: str = "small", sampler: str = "tpe", pruner: str = "median", epochs: int = 2) -> Path:
+    def write(
+        body: str | None = None, name: str = "small", sampler: str = "tpe", pruner: str = "median", epochs: int = 2
+    ) -> Path:
         path = tmp_path / f"{name}.toml"
-        text = textwrap.dedent(body) if body is not None else SMALL_SPEC.format(name=name, sampler=sampler, pruner=pruner, epochs=epochs)
+        text = (
+            textwrap.dedent(body)
+            if body is not None
+            else SMALL_SPEC.format(name=name, sampler=sampler, pruner=pruner, epochs=epochs)
+        )
         path.write_text(text)
         return path
 
@@ -104,8 +113,8 @@ def cli() -> Callable[..., object]:
     """Run `hpo ARGS` in-process; returns click's Result (exit_code, stdout, stderr)."""
     runner = CliRunner()
 
-    def invoke(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
-        return runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+    def invoke(*args: str, env: dict[str, str] | None = None):
+        return runner.invoke(hpo_cli, [str(a) for a in args], env=env, catch_exceptions=False)
 
     return invoke
 
@@ -121,7 +130,7 @@ def small_study(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> tu
     spec.write_text(SMALL_SPEC.format(name="small", sampler="tpe", pruner="none", epochs=1))
     url = f"sqlite:///{root / 'studies.db'}"
     args = ["optimize", "--trials", "3", "--spec", str(spec), "--storage", url, "--data-dir", str(mnist_dir)]
-    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    result = CliRunner().invoke(hpo_cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.stderr
     return url, "small"
 
@@ -139,7 +148,10 @@ def postgres_server() -> sqlalchemy.URL:
         with engine.connect():
             pass
     except sqlalchemy.exc.OperationalError as exc:
-        message = f"PostgreSQL at {url.render_as_string(hide_password=True)} is not reachable ({exc.orig}); set {POSTGRES_ENV}"
+        message = (
+            f"PostgreSQL at {url.render_as_string(hide_password=True)} is not reachable ({exc.orig}); set "
+            f"{POSTGRES_ENV}"
+        )
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(message)
         pytest.skip(message)
@@ -171,25 +183,25 @@ def postgres_url(new_postgres_db: Callable[[], str]) -> str:
 
 
 @pytest.fixture
-def trains_the_same_without(monkeypatch: pytest.MonkeyPatch) -> Callable[[object, str, str, float, float], None]:
-    """check(cfg, path, fits, rtol, atol): a 2-member TwinNet in float64 computes the same
-    answers, digits and gradients, to rtol and atol, through hpo.model's fast path `path` (run
-    exactly once) as with its check `fits` patched to refuse it."""
-    import hpo.model
-    from hpo.model import TwinNet
+def trains_the_same_without(monkeypatch: pytest.MonkeyPatch) -> Callable[[object, object, str, float, float], None]:
+    """check(cfg, kernels, path, rtol, atol): a 2-member TwinNet in float64 built with `kernels`
+    (hpo.kernels.dispatch.Kernels) computes the same answers, digits and gradients, to rtol and
+    atol, as one built with PyTorch's operators only, and its forward pass runs hpo.training.model's
+    kernel `path` exactly once (the other, none)."""
+    import hpo.training.model
+    from hpo.kernels.dispatch import TORCH
     from hpo.rng import generator
+    from hpo.training.model import TwinNet
 
-    def check(cfg: object, path: str, fits: str, rtol: float, atol: float) -> None:
+    def check(cfg: object, kernels: object, path: str, rtol: float, atol: float) -> None:
         torch.set_default_dtype(torch.float64)
         try:
             x = torch.rand(2, 6, 2, 14, 14, generator=torch.Generator().manual_seed(1))
             results, calls = [], []
-            fast_path = getattr(hpo.model, path)
-            monkeypatch.setattr(hpo.model, path, lambda *a: calls.append(1) or fast_path(*a))
-            for fast in (True, False):
-                if not fast:
-                    monkeypatch.setattr(hpo.model, fits, lambda *_: False)
-                net = TwinNet(cfg, members=2).init_([generator(s, "init") for s in range(2)])  # type: ignore[arg-type]
+            fast_path = getattr(hpo.training.model, path)
+            monkeypatch.setattr(hpo.training.model, path, lambda *a: calls.append(1) or fast_path(*a))
+            for choice in (kernels, TORCH):
+                net = TwinNet(cfg, members=2, kernels=choice).init_([generator(s, "init") for s in range(2)])
                 answer, digits = net(x)
                 (answer.sum() + digits.square().sum()).backward()
                 results.append([answer.detach(), digits.detach()] + [p.grad for p in net.parameters()])

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from hpo.adam import FusedAdam, make_adam
-from hpo.model import TwinNet
-from hpo.params import TwinConfig
 from hpo.rng import generator
+from hpo.spec.registry import TwinConfig
+from hpo.training.adam import FusedAdam, make_adam
+from hpo.training.model import TwinNet
 
 
-def train_steps(make, steps: int = 6) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+def train_steps(make, steps: int = 6) -> list[torch.Tensor]:
     net = TwinNet(TwinConfig(batch_norm=True, dropout=0.0), members=2).init_([generator(s, "init") for s in range(2)])
     optimiser = make(net.parameters())
     data = torch.Generator().manual_seed(3)

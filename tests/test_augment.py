@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from hpo.augment import random_rotate_scale, random_shift
 from hpo.rng import generator
+from hpo.training.augment import random_rotate_scale, random_shift
 
 
 def test_shift_zero_is_the_identity() -> None:

@@ -1,12 +1,13 @@
 """Every bad input ends in one line on stderr, exit status 2, and nothing written to storage."""
 
 import re
+from pathlib import Path
 
 import pytest
 from torchvision.datasets import MNIST
 
 
-def one_error_line(result) -> str:  # type: ignore[no-untyped-def]
+def one_error_line(result) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
     assert len(lines) == 1, result.stderr
@@ -45,7 +46,10 @@ SPEC_CASES = {
     "unknown parameter": ("[study]\nname='x'\n[space]\nmomentum = 0.9\n", "unknown parameter 'momentum'"),
     "unknown key": ("[study]\nname='x'\n[train]\nepoch = 3\n", "unknown \\[train\\] keys: epoch"),
     "low above high": ("[study]\nname='x'\n[space]\nlr = {low = 0.1, high = 0.01}\n", "must be below high"),
-    "log range at zero": ("[study]\nname='x'\n[space]\nweight_decay = {low = 0.0, high = 0.1, log = true}\n", "needs low > 0"),
+    "log range at zero": (
+        "[study]\nname='x'\n[space]\nweight_decay = {low = 0.0, high = 0.1, log = true}\n",
+        "needs low > 0",
+    ),
     "empty choices": ("[study]\nname='x'\n[space]\nbatch_norm = {choices = []}\n", "non-empty list"),
 }
 
@@ -87,4 +91,41 @@ def test_studies_with_bad_storage_url_is_one_line(cli) -> None:
 def test_studies_on_a_missing_sqlite_file_is_one_line_and_creates_nothing(cli, tmp_path) -> None:
     db = tmp_path / "typo.db"
     assert "no study store" in one_error_line(cli("studies", "--storage", f"sqlite:///{db}"))
+    assert not db.exists()
+
+
+def _truncated_mnist(tmp_path, mnist_dir):
+    raw = tmp_path / "truncated" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for source in (mnist_dir / "MNIST" / "raw").glob("*-ubyte"):
+        (raw / source.name).write_bytes(source.read_bytes()[:50_000])
+    return raw.parents[1]
+
+
+def _a_file(tmp_path, mnist_dir):
+    path = tmp_path / "mnist.tar"
+    path.write_text("not a folder")
+    return path
+
+
+DATA_CASES = {
+    "train_pairs above the split": (None, 100_000, "lower \\[train\\] train_pairs"),
+    "data dir is a file": (_a_file, 200, "--data-dir '.*mnist.tar' is a file"),
+    "truncated MNIST": (_truncated_mnist, 200, "--data-dir"),
+}
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("make_dir,train_pairs,message", DATA_CASES.values(), ids=DATA_CASES.keys())
+def test_bad_data_is_refused_before_the_pool_starts_or_the_study_exists(
+    cli, write_spec, tmp_path, mnist_dir, jobs, make_dir, train_pairs, message
+) -> None:
+    spec = write_spec()
+    spec.write_text(spec.read_text().replace("train_pairs = 200", f"train_pairs = {train_pairs}"))
+    data_dir = make_dir(tmp_path, Path(mnist_dir)) if make_dir else mnist_dir
+    db = tmp_path / "never.db"
+    line = one_error_line(
+        cli("optimize", "--spec", spec, "--data-dir", data_dir, "--storage", f"sqlite:///{db}", "--jobs", jobs)
+    )
+    assert re.search(message, line), line
     assert not db.exists()

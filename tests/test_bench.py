@@ -8,21 +8,15 @@ import optuna
 import pytest
 import torch
 
-import hpo.first_layer
-import hpo.model
-import hpo.stem
-import hpo.winograd
-import hpo.winograd_pool
-from hpo.model import TwinNet
-from hpo.params import configs
-from hpo.train import native_bfloat16
+from hpo.kernels.dispatch import STEM, Kernels
+from hpo.spec.registry import configs
+from hpo.training.model import TwinNet
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench  # noqa: E402
 import levers  # noqa: E402
-import levers_bf16  # noqa: E402
 import per_core  # noqa: E402
 
 
@@ -30,7 +24,19 @@ import per_core  # noqa: E402
 def test_quick_benchmark_runs_every_part_and_writes_json_and_a_markdown_table(mnist_dir, tmp_path, capsys) -> None:
     threads = torch.get_num_threads()
     try:
-        result = bench.main(["--quick", "--threads", "2,1", "--data-dir", str(mnist_dir), "--json", str(tmp_path / "bench.json")])
+        result = bench.main(
+            [
+                "--quick",
+                "--threads",
+                "2,1",
+                "--references",
+                "plain",
+                "--data-dir",
+                str(mnist_dir),
+                "--json",
+                str(tmp_path / "bench.json"),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     saved = json.loads((tmp_path / "bench.json").read_text())
@@ -44,7 +50,12 @@ def test_quick_benchmark_runs_every_part_and_writes_json_and_a_markdown_table(mn
         assert ("bfloat16_gflops" in peak) == peak["bfloat16_native"] == ("ours_bfloat16_s" in trial)
         # Each variant's trials recorded the precision they trained in (an earlier version
         # timed float32 twice, its bfloat16 setting overridden by the objective's own).
-        assert trial["trained_in"] == {"float32": ["float32"], **({"bfloat16": ["bfloat16"]} if peak["bfloat16_native"] else {})}
+        assert trial["trained_in"] == {
+            "float32": ["float32"],
+            **({"bfloat16": ["bfloat16"]} if peak["bfloat16_native"] else {}),
+        }
+    assert "trial_common" not in saved
+    assert all(t["kernels"]["float32"] == ["stem"] for t in saved["trial"].values()), "on 1 and 2 threads"
     for pruner in ("median", "none"):
         assert saved["study"][pruner]["finished"] >= bench.QUICK.study_trials
     workers = saved["workers"]
@@ -55,8 +66,30 @@ def test_quick_benchmark_runs_every_part_and_writes_json_and_a_markdown_table(mn
     assert result["workers"]["two_workers_speedup"] == workers["two_workers_speedup"]
     table = capsys.readouterr().out
     assert table.startswith("| measure | value | target |")
-    assert "trial, 1 thread: speed-up" in table and "trial, 2 threads: speed-up" in table and "workers: peak RSS" in table and "GPU: one trial" in table
+    assert (
+        "trial, 1 thread: speed-up" in table
+        and "trial, 2 threads: speed-up" in table
+        and "workers: peak RSS" in table
+        and "GPU: one trial" in table
+    )
     assert "fraction of the float32 GEMM peak" in table and "GEMM peak, 1 thread" in table and "ceiling" not in table
+
+
+def test_quick_trial_part_runs_the_common_trial_beside_the_plain_one(mnist_dir, tmp_path) -> None:
+    threads = torch.get_num_threads()
+    try:
+        argv = ["--quick", "--parts", "trial", "--threads", "1,2", "--data-dir", str(mnist_dir)]
+        bench.main([*argv, "--references", "common,plain", "--json", str(tmp_path / "bench.json")])
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    # What each trial trained with: batch norm's path (Winograd, then PyTorch's batch norm and
+    # pooling) and, without batch norm, the stem; on 1 and 2 threads alike.
+    for n in ("1", "2"):
+        common, plain = saved["trial_common"][n], saved["trial"][n]
+        assert common["reference"] == "common" and common["ours_s"] > 0 and common["user_loop_s"] > 0
+        assert 0.0 <= common["ours_cv_accuracy"] <= 1.0 and 0.0 <= common["user_loop_cv_accuracy"] <= 1.0
+        assert common["kernels"]["float32"] == ["fused+winograd"] and plain["kernels"]["float32"] == ["stem"]
 
 
 def test_trial_flops_are_counted_from_the_network_shapes() -> None:
@@ -64,7 +97,10 @@ def test_trial_flops_are_counted_from_the_network_shapes() -> None:
     cfg = configs(bench.REFERENCE, 1, 25)[0]
     forward, conv1 = bench.forward_flops(cfg)
     assert conv1 == 2 * (2 * 12 * 12 * 32 * 9)
-    assert forward == 2 * (2 * 12 * 12 * 32 * 9 + 2 * 16 * 64 * 32 * 9 + 2 * 256 * 128 + 2 * 128 * 10) + 2 * 20 * 64 + 2 * 64 * 2
+    assert (
+        forward
+        == 2 * (2 * 12 * 12 * 32 * 9 + 2 * 16 * 64 * 32 * 9 + 2 * 256 * 128 + 2 * 128 * 10) + 2 * 20 * 64 + 2 * 64 * 2
+    )
     flops = bench.trial_flops(cfg, folds=5, train_pairs=800, val_pairs=200, epochs=25)
     assert round(flops["val_mflop_per_pair"], 2) == 1.48 and round(flops["train_mflop_per_pair"], 2) == 4.29
     assert 460 < flops["trial_gflop"] < 470
@@ -78,6 +114,18 @@ def test_user_loop_network_is_a_plain_sequential_of_the_reference_shape() -> Non
     assert digits.shape == (6, 10) and head(digits.view(3, 20)).shape == (3, 2)
     ours = sum(p.numel() for p in encoder.parameters()) + sum(p.numel() for p in head.parameters())
     assert ours == TwinNet(cfg).parameters_per_member()
+
+
+def test_user_loop_network_of_the_common_trial_has_batch_norm_and_the_compare_head() -> None:
+    cfg = configs(bench.COMMON, 1, 25)[0]
+    assert cfg.batch_norm and cfg.head == "compare" and (cfg.conv1_channels, cfg.conv2_channels) == (32, 64)
+    encoder, head = bench.user_net(cfg)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in encoder) == 2
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in encoder) == 1 and len(head) == 0
+    ours = sum(p.numel() for p in encoder.parameters())
+    assert ours == TwinNet(cfg).parameters_per_member()
+    answer = bench.user_answer(cfg, head, encoder.eval()(torch.zeros(6, 1, 14, 14)).view(3, 2, 10))
+    assert answer.shape == (3, 2) and torch.allclose(answer.exp().sum(-1), torch.ones(3))
 
 
 def test_benchmark_trial_trains_exactly_the_reference_configuration() -> None:
@@ -109,7 +157,9 @@ def run_quick(main, out: Path) -> dict:
     return saved
 
 
-def test_levers_benchmark_checks_conv2_as_bmm_against_the_convolution_and_times_every_lever(mnist_dir, monkeypatch, tmp_path) -> None:
+def test_levers_benchmark_checks_conv2_as_bmm_against_the_convolution_and_times_every_lever(
+    mnist_dir, monkeypatch, tmp_path
+) -> None:
     monkeypatch.setenv("HPO_DATA_DIR", str(mnist_dir))
     saved = run_quick(levers.main, tmp_path / "levers.json")
     assert saved["conv2"]["onednn_ms"] > 0 and saved["conv2"]["im2col_bmm_ms"] > 0 and saved["conv2"]["winograd_ms"] > 0
@@ -124,34 +174,47 @@ def test_levers_benchmark_checks_conv2_as_bmm_against_the_convolution_and_times_
     trial = saved["trial"]
     # Every lever computes the same trial: the same CV accuracy to float32 rounding.
     accuracies = list(trial["cv_accuracy"].values())
-    assert len(accuracies) == 8 and max(accuracies) - min(accuracies) < 0.01
-    levers_ = ("direct_conv2", "winograd_any_threads", "unfused_first_layer", "no_stem", "unpooled_conv2", "torch_adam", "eval_chunk_200")
+    assert len(accuracies) == 6 and max(accuracies) - min(accuracies) < 0.01
+    levers_ = ("direct_conv2", "winograd_any_threads", "unfused_first_layer", "no_stem", "unpooled_conv2")
     assert all(trial[f"{n}_over_as_is"] > 0 for n in levers_)
+    # Each variant trained with the kernels it names, passed through the dispatch's choices (1 thread).
+    assert trial["kernels"] == {
+        "as_is": "stem",
+        "direct_conv2": "fused+torch",
+        "winograd_any_threads": "stem",
+        "unfused_first_layer": "torch+winograd_pool",
+        "no_stem": "fused+winograd_pool",
+        "unpooled_conv2": "fused+winograd",
+    }
     with_norm = saved["trial_batch_norm"]  # the first layer with batch norm, fused and not
-    assert with_norm["unfused_first_layer_over_as_is"] > 0 and abs(with_norm["cv_accuracy"]["as_is"] - with_norm["cv_accuracy"]["unfused_first_layer"]) < 0.05
+    assert (
+        with_norm["unfused_first_layer_over_as_is"] > 0
+        and abs(with_norm["cv_accuracy"]["as_is"] - with_norm["cv_accuracy"]["unfused_first_layer"]) < 0.05
+    )
+    assert with_norm["kernels"]["as_is"] == "fused+winograd" and with_norm["kernels"]["direct_conv2"] == "fused+torch"
 
 
-@pytest.mark.skipif(not native_bfloat16(), reason="this CPU has no native bfloat16 (AVX512_BF16 or AMX): the benchmark measures nothing")
-def test_bfloat16_levers_benchmark_times_each_layer_the_step_and_the_trial_three_ways(mnist_dir, monkeypatch, tmp_path) -> None:
-    monkeypatch.setenv("HPO_DATA_DIR", str(mnist_dir))
-    result = run_quick(levers_bf16.main, tmp_path / "bf16.json")
-    assert all(result["layers"][f"conv{n}_{d}_ms"] > 0 for n in (1, 2) for d in ("float32", "bfloat16"))
-    assert set(result["step"]["rounds_ms"]) == set(result["trial"]["runs_s"]) == {"float32", "bfloat16_everywhere", "bfloat16_first_layer_float32"}
-    assert all(0 <= a <= 1 for accs in result["trial"]["cv_accuracy"].values() for a in accs)
-    assert hpo.model.MemberConv2d.forward.__name__ == "forward"  # the lever was taken out again
+def test_levers_are_kernel_choices_through_the_dispatch() -> None:
+    assert levers.lever("as_is", False, 1) is None
+    assert levers.lever("winograd_any_threads", False, 4) == STEM
+    assert levers.lever("direct_conv2", True, 1) == Kernels("fused", "torch")
+    assert levers.lever("unfused_first_layer", True, 1) == Kernels("torch", "winograd")
+    assert levers.lever("unfused_first_layer", True, 4) == Kernels("torch", "torch")
 
 
-@pytest.mark.parametrize("batch_norm,variants", [(True, ("as_is", "unfused_first_layer")), (False, ("winograd_any_threads", "direct_conv2"))])
-def test_accuracy_part_scores_two_variants_per_seed_and_takes_them_back(batch_norm, variants, mnist_dir, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "batch_norm,variants", [(True, ("as_is", "unfused_first_layer")), (False, ("winograd_any_threads", "direct_conv2"))]
+)
+def test_accuracy_part_scores_two_variants_per_seed(batch_norm, variants, mnist_dir, monkeypatch) -> None:
     monkeypatch.setenv("HPO_DATA_DIR", str(mnist_dir))
     result = levers.accuracy_part(2, 1, batch_norm, variants)
     assert {n: len(a) for n, a in result["cv_accuracy"].items()} == {n: 2 for n in variants}
     assert all(0.3 < a <= 1 for accs in result["cv_accuracy"].values() for a in accs)
-    assert hpo.model.fusable is hpo.first_layer.fusable and hpo.model.winograd_pays is hpo.winograd.winograd_pays, "variants taken back"
-    assert hpo.model.winograd_conv_pool_relu is hpo.winograd_pool.winograd_conv_pool_relu and hpo.model.stem_pays is hpo.stem.stem_pays
 
 
-def test_per_core_benchmark_trains_one_trial_per_process_at_once_and_rates_the_machine(mnist_dir, monkeypatch, tmp_path) -> None:
+def test_per_core_benchmark_trains_one_trial_per_process_at_once_and_rates_the_machine(
+    mnist_dir, monkeypatch, tmp_path
+) -> None:
     monkeypatch.setenv("HPO_DATA_DIR", str(mnist_dir))
     threads = torch.get_num_threads()
     try:
@@ -164,3 +227,27 @@ def test_per_core_benchmark_trains_one_trial_per_process_at_once_and_rates_the_m
     assert all(0.3 < a <= 1 for a in result["cv_accuracies"][0]), "each process trained its own seed"
     assert result["machine_gflops"] == pytest.approx(2 * result["trial_gflop"] / max(seconds))
     assert 0 < result["fraction_of_peak"] == pytest.approx(result["machine_gflops"] / result["peak_gflops_all_cores"])
+
+
+def test_jobs_benchmark_splits_the_main_commands_wall_time_by_phase_class_and_state(
+    write_spec, mnist_dir, tmp_path
+) -> None:
+    import jobs
+
+    spec = write_spec(epochs=2)
+    out = tmp_path / "jobs.json"
+    argv = ["--trials", "4", "--jobs", "1", "--confirm", "1", "--spec", str(spec), "--data-dir", str(mnist_dir)]
+    result = jobs.main([*argv, "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    [run] = result["runs"]
+    where = run["where"]
+    phases = where["phases_s"]
+    assert all(v >= 0 for v in phases.values()) and abs(sum(phases.values()) - where["wall_s"]) < 0.5
+    assert where["wall_s"] >= where["trial_s"] > 0, "one worker: its trials ran one after another"
+    assert sum(g["trials"] for g in where["by_class"].values()) == run["finished"] >= 4
+    assert sum(g["trials"] for g in where["by_state"].values()) == run["finished"]
+    assert where["by_state"].get("pruned", {}).get("trials", 0) == run["pruned"]
+    assert all(name.endswith(("complete", "pruned")) for name in where["by_class_and_state"])
+    assert all(", 8/16, " in name for name in where["by_class"]), "the small spec's widths"
+    assert set(where["by_kernels"]) <= {"stem", "fused+winograd", "fused+torch"}
+    assert where["confirmed"] == 1

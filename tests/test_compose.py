@@ -117,20 +117,34 @@ def test_image_installs_cpu_only_torch_before_the_package() -> None:
 def test_mnist_service_command_runs(mnist_dir) -> None:
     mnist = compose()["services"]["mnist"]
     env = {**os.environ, **mnist["environment"], "HPO_DATA_DIR": str(mnist_dir), "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(local_argv(mnist["command"]), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        local_argv(mnist["command"]), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
 
 
-def test_two_workers_run_the_compose_command_and_the_dashboard_serves_their_study(write_spec, postgres_url, mnist_dir) -> None:
+def test_two_workers_run_the_compose_command_and_the_dashboard_serves_their_study(
+    write_spec, postgres_url, mnist_dir
+) -> None:
     spec_file = write_spec(epochs=2)
     services = compose({"TRIALS": "4", "HPO_SPEC": str(spec_file), "DASHBOARD_PORT": str(_free_port())})
     worker = services["services"]["worker"]
     compose_url = f"postgresql+psycopg://hpo:{SETTINGS['POSTGRES_PASSWORD']}@db:5432/hpo"
     assert worker["environment"]["HPO_STORAGE"] == compose_url
-    env = {**os.environ, **worker["environment"], "HPO_STORAGE": postgres_url, "HPO_DATA_DIR": str(mnist_dir),
-           "PYTHONPATH": str(ROOT), "HPO_CONNECT_TIMEOUT": "30"}
-    procs = [subprocess.Popen(local_argv(worker["command"]), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    env = {
+        **os.environ,
+        **worker["environment"],
+        "HPO_STORAGE": postgres_url,
+        "HPO_DATA_DIR": str(mnist_dir),
+        "PYTHONPATH": str(ROOT),
+        "HPO_CONNECT_TIMEOUT": "30",
+    }
+    procs = [
+        subprocess.Popen(
+            local_argv(worker["command"]), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
@@ -142,8 +156,14 @@ def test_two_workers_run_the_compose_command_and_the_dashboard_serves_their_stud
     argv = [postgres_url if a == compose_url else a for a in dashboard["command"]]
     port = dashboard["command"][dashboard["command"].index("--port") + 1]
     assert dashboard["ports"] == [f"127.0.0.1:{port}:{port}"]
-    server = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         studies = _get_json(f"http://127.0.0.1:{port}/api/studies", server)
     finally:

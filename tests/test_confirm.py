@@ -15,14 +15,14 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState, create_trial
 from test_workers import finish, start_worker
 
-from hpo.claims import TableClaims, confirmations
-from hpo.confirm import _settle, confirm_leaders, confirm_seed, leaders
-from hpo.data import cv_pairs
-from hpo.results import LEGACY_CONFIRMED as LEGACY
-from hpo.results import confirmed_best, pick_trial, scores
-from hpo.spec import load_spec, parse_spec
-from hpo.storage import open_storage
-from hpo.train import Diverged
+from hpo.readers.results import LEGACY_CONFIRMED as LEGACY
+from hpo.readers.results import confirmed_best, pick_trial, scores
+from hpo.search.confirm import _settle, confirm_leaders, confirm_seed, leaders
+from hpo.spec.study_spec import load_spec, parse_spec
+from hpo.store.claims import TableClaims, confirmations
+from hpo.store.connect import open_storage
+from hpo.training.batched import Diverged
+from hpo.training.data import cv_pairs
 
 
 def record(study: optuna.Study, number: int, value: float) -> None:
@@ -47,7 +47,11 @@ class Seen:
 def _study(values: list[float]) -> optuna.Study:
     study = optuna.create_study(direction="maximize")
     for i, value in enumerate(values):
-        study.add_trial(create_trial(value=value, params={"lr": 1e-3 * (i + 1)}, distributions={"lr": FloatDistribution(1e-4, 1e-2)}))
+        study.add_trial(
+            create_trial(
+                value=value, params={"lr": 1e-3 * (i + 1)}, distributions={"lr": FloatDistribution(1e-4, 1e-2)}
+            )
+        )
     return study
 
 
@@ -69,8 +73,19 @@ def test_second_draw_uses_other_training_pairs(mnist_dir) -> None:
     assert not torch.equal(first.inputs, second.inputs)
 
 
-def test_optimize_confirms_the_leaders_once_and_recommends_by_both_scores(cli, write_spec, sqlite_url, mnist_dir) -> None:
-    args = ["--spec", write_spec(epochs=1, pruner="none"), "--storage", sqlite_url, "--data-dir", mnist_dir, "--confirm", 2]
+def test_optimize_confirms_the_leaders_once_and_recommends_by_both_scores(
+    cli, write_spec, sqlite_url, mnist_dir
+) -> None:
+    args = [
+        "--spec",
+        write_spec(epochs=1, pruner="none"),
+        "--storage",
+        sqlite_url,
+        "--data-dir",
+        mnist_dir,
+        "--confirm",
+        2,
+    ]
     result = cli("optimize", "--trials", 4, *args)
     assert result.exit_code == 0, result.stderr
     study = optuna.load_study(study_name="small", storage=sqlite_url)
@@ -88,8 +103,11 @@ def test_optimize_confirms_the_leaders_once_and_recommends_by_both_scores(cli, w
 
 def test_confirm_zero_turns_confirmation_off(cli, write_spec, sqlite_url, mnist_dir) -> None:
     args = ["--spec", write_spec(epochs=1), "--storage", sqlite_url, "--data-dir", mnist_dir, "--confirm", 0]
-    assert cli("optimize", "--trials", 2, *args).exit_code == 0
-    assert scores(optuna.load_study(study_name="small", storage=sqlite_url)) == {}
+    result = cli("optimize", "--trials", 2, *args)
+    assert result.exit_code == 0 and "confirmed trial #" not in result.stderr, result.stderr
+    study = optuna.load_study(study_name="small", storage=sqlite_url)
+    assert scores(study) == {}
+    assert pick_trial(study, None).number == study.best_trial.number, "the recommendation is the best CV score"
 
 
 def test_negative_confirm_is_one_error_line(cli, write_spec, sqlite_url, mnist_dir) -> None:
@@ -98,8 +116,11 @@ def test_negative_confirm_is_one_error_line(cli, write_spec, sqlite_url, mnist_d
     assert result.stderr.strip() == "error: --confirm must be 0 or more; got -1"
 
 
-TINY = {"study": {"name": "c"}, "train": {"folds": 2, "epochs": 1, "train_pairs": 100},
-        "space": {"lr": {"low": 1e-3, "high": 1e-2}, "conv1_channels": 4, "conv2_channels": 8, "hidden": 16}}
+TINY = {
+    "study": {"name": "c"},
+    "train": {"folds": 2, "epochs": 1, "train_pairs": 100},
+    "space": {"lr": {"low": 1e-3, "high": 1e-2}, "conv1_channels": 4, "conv2_channels": 8, "hidden": 16},
+}
 
 
 def test_a_second_worker_skips_leaders_already_scored_and_starts_elsewhere(tmp_path, mnist_dir) -> None:
@@ -133,7 +154,9 @@ def test_a_leader_another_worker_is_scoring_is_waited_for_not_scored_twice(tmp_p
     timer.start()
     seen = Seen()
     try:
-        got = confirm_leaders(study, parse_spec(TINY), mnist_dir, 3, torch.device("cpu"), seen, start_at=0, storage=storage)
+        got = confirm_leaders(
+            study, parse_spec(TINY), mnist_dir, 3, torch.device("cpu"), seen, start_at=0, storage=storage
+        )
     finally:
         timer.join()
     assert sorted(seen.numbers) == [0, 2], "this worker scores only the unclaimed leaders"
@@ -144,7 +167,11 @@ def test_a_lapsed_claim_of_a_worker_that_died_is_taken_over(tmp_path, mnist_dir)
     study, storage = _sqlite_study(tmp_path, [0.95, 0.94])
     dead = TableClaims(storage, "c")
     with storage.engine.begin() as conn:  # a claim from an hour ago, never scored
-        conn.execute(confirmations.insert().values(study_id=dead.study_id, trial_number=0, worker="dead:1", claimed_at=time.time() - 3600))
+        conn.execute(
+            confirmations.insert().values(
+                study_id=dead.study_id, trial_number=0, worker="dead:1", claimed_at=time.time() - 3600
+            )
+        )
     seen = Seen()
     got = confirm_leaders(study, parse_spec(TINY), mnist_dir, 2, torch.device("cpu"), seen, start_at=0, storage=storage)
     assert seen.numbers == [0, 1] and set(got) == {0, 1}
@@ -220,7 +247,9 @@ def _confirmed_lines(outputs: list[str]) -> dict[int, int]:
 
 
 @pytest.mark.parametrize("backend,workers", [("postgres", 3), ("sqlite", 2)])
-def test_workers_reaching_the_target_together_score_each_leader_exactly_once(backend, workers, write_spec, tmp_path, mnist_dir, request) -> None:
+def test_workers_reaching_the_target_together_score_each_leader_exactly_once(
+    backend, workers, write_spec, tmp_path, mnist_dir, request
+) -> None:
     url = f"sqlite:///{tmp_path / 'c.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
     spec = write_spec(epochs=1, pruner="none")
     procs = [start_worker(spec, url, 6, mnist_dir, "--confirm", 3) for _ in range(workers)]

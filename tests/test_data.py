@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from hpo.data import (
+from hpo.errors import HpoError
+from hpo.rng import generator
+from hpo.training.data import (
     Digits,
     cv_pairs,
     load_mnist,
@@ -10,8 +12,6 @@ from hpo.data import (
     standardise,
     stratified_folds,
 )
-from hpo.errors import HpoError
-from hpo.rng import generator
 
 
 def unique_digits(n: int = 400) -> Digits:

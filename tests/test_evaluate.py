@@ -7,9 +7,9 @@ import optuna
 import pytest
 import torch
 
-from hpo.evaluate import round_pairs
-from hpo.params import configs
-from hpo.results import full_params
+from hpo.readers.results import full_params
+from hpo.spec.registry import configs
+from hpo.training.rounds import round_pairs
 
 FAST = ["--rounds", "3", "--pairs", "100", "--epochs", "1", "--threads", "1"]
 
@@ -33,7 +33,9 @@ def test_each_round_has_its_own_pairs_standardised_with_its_own_training_statist
 
 
 def test_configs_take_sampled_and_fixed_params_and_the_trials_training_settings() -> None:
-    model, train = configs({"weight_sharing": False, "conv1_channels": 8, "lr": 0.01, "batch_size": 50, "repeat": 2}, 4, 25)
+    model, train = configs(
+        {"weight_sharing": False, "conv1_channels": 8, "lr": 0.01, "batch_size": 50, "repeat": 2}, 4, 25
+    )
     assert (model.weight_sharing, model.conv1_channels) == (False, 8)
     assert (train.lr, train.batch_size, train.epochs) == (0.01, 50, 4)
 
@@ -44,7 +46,14 @@ def test_best_trial_prints_the_published_table_and_is_saved_in_the_study(cli, sm
     result = cli("evaluate", "--study", name, "--storage", url, "--data-dir", mnist_dir, *FAST)
     assert result.exit_code == 0, result.stderr
     assert f"trial #{best.number} of study '{name}'" in result.stdout
-    for row in ("test accuracy (%)", "digit (auxiliary) accuracy (%)", "parameters", "seconds per training", "amortised", "round accuracies"):
+    for row in (
+        "test accuracy (%)",
+        "digit (auxiliary) accuracy (%)",
+        "parameters",
+        "seconds per training",
+        "amortised",
+        "round accuracies",
+    ):
         assert row in result.stdout
     saved = load(url, name).user_attrs["evaluation"]
     assert saved["trial"] == best.number and saved["rounds"] == 3 and saved["seed"] == 0
@@ -85,8 +94,22 @@ def test_a_fixed_spec_is_evaluated_without_any_study(cli, write_spec, tmp_path, 
         hidden = 32
         """
     )
-    result = cli("evaluate", "--spec", spec, "--data-dir", mnist_dir, "--rounds", "2", "--pairs", "200", "--threads", "1", "--json",
-                 "--storage", f"sqlite:///{tmp_path / 'none.db'}")
+    result = cli(
+        "evaluate",
+        "--spec",
+        spec,
+        "--data-dir",
+        mnist_dir,
+        "--rounds",
+        "2",
+        "--pairs",
+        "200",
+        "--threads",
+        "1",
+        "--json",
+        "--storage",
+        f"sqlite:///{tmp_path / 'none.db'}",
+    )
     assert result.exit_code == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["study"] is None and record["epochs"] == 5 and record["pairs"] == 200

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hpo.model
-from hpo.first_layer import first_layer, fusable
-from hpo.params import TwinConfig
+from hpo.kernels.dispatch import Kernels
+from hpo.kernels.first_layer import first_layer, takes
+from hpo.spec.registry import TwinConfig
 
 MEMBERS, IMAGES, CHANNELS = 3, 20, 8
 
@@ -30,7 +30,7 @@ def inputs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return x, weight, bias, grad
 
 
-def output_and_gradients(layer, x, weight, bias, grad):  # type: ignore[no-untyped-def]
+def output_and_gradients(layer, x, weight, bias, grad):
     weight, bias = weight.clone().requires_grad_(), bias.clone().requires_grad_()
     out = layer(x, weight, bias)
     out.backward(grad)
@@ -40,7 +40,7 @@ def output_and_gradients(layer, x, weight, bias, grad):  # type: ignore[no-untyp
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
 def test_fused_first_layer_equals_convolution_pooling_and_relu_with_their_gradients(dtype, tolerance) -> None:
     x, weight, bias, grad = inputs(dtype)
-    assert fusable(x, weight)
+    assert takes(x, weight)
     fused = output_and_gradients(first_layer, x, weight, bias, grad)
     reference = output_and_gradients(unfused, x, weight, bias, grad)
     for ours, theirs in zip(fused, reference):
@@ -69,23 +69,30 @@ def test_a_nan_pixel_makes_its_windows_nan_as_in_pytorch() -> None:
     assert torch.equal(ours.isnan(), theirs.isnan()) and ours.isnan().any()
 
 
-def test_fusable_only_for_cpu_images_of_the_weights_dtype_that_need_no_gradient() -> None:
+def test_it_takes_only_cpu_images_of_the_weights_dtype_that_need_no_gradient_outside_autocast() -> None:
     x, weight, _, _ = inputs(torch.float32)
-    assert fusable(x, weight)
-    assert not fusable(x.double(), weight)
-    assert not fusable(x.requires_grad_(), weight)
-    assert not fusable(x.detach().bfloat16(), weight.bfloat16())
-    assert not fusable(x.detach()[..., :12, :12], weight)
+    assert takes(x, weight)
+    assert not takes(x.double(), weight)
+    assert not takes(x.requires_grad_(), weight)
+    assert not takes(x.detach().bfloat16(), weight.bfloat16())
+    assert not takes(x.detach()[..., :12, :12], weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not takes(x.detach(), weight), "under autocast the bfloat16 convolution is what was asked for"
 
 
 @pytest.mark.parametrize("sharing", [True, False])
 @pytest.mark.parametrize("batch_norm", [True, False])
-def test_twin_net_takes_the_fused_layer_and_trains_the_same(sharing, batch_norm, trains_the_same_without, monkeypatch) -> None:
-    monkeypatch.setattr(hpo.model, "stem_pays", lambda *_: False)  # else, without batch norm, both layers go at once
-    trains_the_same_without(TwinConfig(weight_sharing=sharing, batch_norm=batch_norm, dropout=0.0), "first_layer", "fusable", 1e-10, 1e-12)
+def test_twin_net_takes_the_fused_layer_and_trains_the_same(sharing, batch_norm, trains_the_same_without) -> None:
+    trains_the_same_without(
+        TwinConfig(weight_sharing=sharing, batch_norm=batch_norm, dropout=0.0),
+        Kernels(first="fused"),
+        "first_layer",
+        1e-10,
+        1e-12,
+    )
 
 
-def with_batch_norm(fused: bool, training: bool, x, weight, bias, grad):  # type: ignore[no-untyped-def]
+def with_batch_norm(fused: bool, training: bool, x, weight, bias, grad):
     """Output, gradients (weight, bias, scale, shift) and running statistics through batch norm
     whose scales are partly negative, fused or as conv2d -> BatchNorm2d -> max_pool2d -> relu."""
     norm = torch.nn.BatchNorm2d(weight.shape[0], dtype=x.dtype).train(training)
@@ -101,12 +108,22 @@ def with_batch_norm(fused: bool, training: bool, x, weight, bias, grad):  # type
         images = x.permute(1, 2, 3, 0).contiguous().permute(0, 3, 1, 2)
         out = F.relu(F.max_pool2d(norm(F.conv2d(images, weight, bias, groups=x.shape[0])), 2))
     out.backward(grad)
-    return [out.detach(), weight.grad, bias.grad, norm.weight.grad, norm.bias.grad, norm.running_mean, norm.running_var,
-            norm.num_batches_tracked]
+    return [
+        out.detach(),
+        weight.grad,
+        bias.grad,
+        norm.weight.grad,
+        norm.bias.grad,
+        norm.running_mean,
+        norm.running_var,
+        norm.num_batches_tracked,
+    ]
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["batch statistics", "running statistics"])
-def test_fused_first_layer_with_batch_norm_equals_the_unfused_layers_and_updates_the_running_statistics(training) -> None:
+def test_fused_first_layer_with_batch_norm_equals_the_unfused_layers_and_updates_the_running_statistics(
+    training,
+) -> None:
     x, weight, bias, grad = inputs(torch.float64)
     fused = with_batch_norm(True, training, x, weight, bias, grad)
     reference = with_batch_norm(False, training, x, weight, bias, grad)

@@ -97,10 +97,19 @@ def _validate(files: list[Path]) -> subprocess.CompletedProcess[str]:
 
 def test_overlay_sets_namespace_image_workers_and_trials_and_leaves_the_base_alone() -> None:
     base, example = objects(), objects("overlays/example")
-    assert set(base) == set(example) == {
-        "Service/hpo-postgres", "StatefulSet/hpo-postgres", "PersistentVolumeClaim/hpo-mnist", "Job/hpo-mnist",
-        "Job/hpo-workers", "Service/hpo-dashboard", "Deployment/hpo-dashboard",
-    }
+    assert (
+        set(base)
+        == set(example)
+        == {
+            "Service/hpo-postgres",
+            "StatefulSet/hpo-postgres",
+            "PersistentVolumeClaim/hpo-mnist",
+            "Job/hpo-mnist",
+            "Job/hpo-workers",
+            "Service/hpo-dashboard",
+            "Deployment/hpo-dashboard",
+        }
+    )
     assert {o["metadata"].get("namespace") for o in example.values()} == {"hpo"}
     assert all("namespace" not in o["metadata"] for o in base.values())
     images = {c["name"]: c["image"] for o in example.values() for c in render.containers([o])}
@@ -169,10 +178,14 @@ def test_no_password_is_written_under_deploy() -> None:
         for line in path.read_text().splitlines():
             if line.lstrip().startswith("#"):
                 continue
-            assert not re.search(r"password\s*[:=]\s*['\"]?[^\s'\"$]", line, re.IGNORECASE) or "secretKeyRef" in line, f"{path}: {line}"
+            assert not re.search(r"password\s*[:=]\s*['\"]?[^\s'\"$]", line, re.IGNORECASE) or "secretKeyRef" in line, (
+                f"{path}: {line}"
+            )
             for url in re.findall(r"\w+(?:\+\w+)?://[^\s\"']+", line):
                 credentials = url.split("://", 1)[1].split("@")[0] if "@" in url else ""
-                assert ":" not in credentials or credentials.split(":", 1)[1] == "$(POSTGRES_PASSWORD)", f"{path}: {url}"
+                assert ":" not in credentials or credentials.split(":", 1)[1] == "$(POSTGRES_PASSWORD)", (
+                    f"{path}: {url}"
+                )
     for obj in objects().values():
         for container in render.containers([obj]):
             for var in container.get("env", []):
@@ -185,8 +198,14 @@ def test_mnist_job_and_the_workers_wait_for_it_run(mnist_dir: Path) -> None:
     jobs = [pod(found["Job/hpo-mnist"])["containers"][0], pod(found["Job/hpo-workers"])["initContainers"][0]]
     for container in jobs:
         env = {**container_env(container, SECRETS), "HPO_DATA_DIR": str(mnist_dir), "PYTHONPATH": str(ROOT)}
-        result = subprocess.run(local_argv(container["command"], env), cwd=ROOT, env={**_base_env(), **env},
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            local_argv(container["command"], env),
+            cwd=ROOT,
+            env={**_base_env(), **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, f"{container['name']}: {result.stderr}"
 
 
@@ -195,21 +214,42 @@ def test_postgres_readiness_probe_answers_for_a_running_server(postgres_server) 
     if shutil.which("pg_isready") is None:
         pytest.skip("pg_isready is not installed")
     probe = pod(objects()["StatefulSet/hpo-postgres"])["containers"][0]["readinessProbe"]["exec"]["command"]
-    argv = [*probe[: probe.index("-h") + 1], postgres_server.host or "127.0.0.1", "-p", str(postgres_server.port or 5432)]
+    argv = [
+        *probe[: probe.index("-h") + 1],
+        postgres_server.host or "127.0.0.1",
+        "-p",
+        str(postgres_server.port or 5432),
+    ]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.postgres
-def test_two_workers_run_the_job_command_and_the_dashboard_serves_their_study(write_spec, postgres_url, mnist_dir) -> None:
+def test_two_workers_run_the_job_command_and_the_dashboard_serves_their_study(
+    write_spec, postgres_url, mnist_dir
+) -> None:
     found = objects()
     worker = pod(found["Job/hpo-workers"])["containers"][0]
     env = container_env(worker, SECRETS)
     assert env["HPO_STORAGE"] == IN_CLUSTER_URL
-    env.update(TRIALS="4", HPO_SPEC=str(write_spec(epochs=2)), HPO_STORAGE=postgres_url, HPO_DATA_DIR=str(mnist_dir),
-               PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen(local_argv(worker["command"], env), cwd=ROOT, env={**_base_env(), **env},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    env.update(
+        TRIALS="4",
+        HPO_SPEC=str(write_spec(epochs=2)),
+        HPO_STORAGE=postgres_url,
+        HPO_DATA_DIR=str(mnist_dir),
+        PYTHONPATH=str(ROOT),
+    )
+    procs = [
+        subprocess.Popen(
+            local_argv(worker["command"], env),
+            cwd=ROOT,
+            env={**_base_env(), **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
@@ -223,8 +263,14 @@ def test_two_workers_run_the_job_command_and_the_dashboard_serves_their_study(wr
     assert argv[1] == IN_CLUSTER_URL and argv[argv.index("--port") + 1] == str(dashboard["ports"][0]["containerPort"])
     port = str(_free_port())  # the manifest's 8080 may be taken on this machine
     argv[1], argv[argv.index("--port") + 1] = postgres_url, port
-    server = subprocess.Popen(argv, cwd=ROOT, env={**_base_env(), "PYTHONPATH": str(ROOT)},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env={**_base_env(), "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         studies = _get_json(f"http://127.0.0.1:{port}/api/studies", server)
         connection = http.client.HTTPConnection("127.0.0.1", int(port), timeout=30)

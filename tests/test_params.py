@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from hpo.errors import HpoError
-from hpo.params import PARAMS, TrainConfig, TwinConfig, configs, markdown_table
-from hpo.spec import parse_spec
+from hpo.spec.registry import PARAMS, TrainConfig, TwinConfig, configs, markdown_table
+from hpo.spec.study_spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,14 @@ def test_registry_holds_every_config_field_with_its_type_and_default() -> None:
 
 
 def test_configs_from_every_parameter_name_reach_the_right_config() -> None:
-    values = {"weight_sharing": False, "head": "compare", "lr": 0.02, "schedule": "cosine", "batch_size": 10, "repeat": 1}
+    values = {
+        "weight_sharing": False,
+        "head": "compare",
+        "lr": 0.02,
+        "schedule": "cosine",
+        "batch_size": 10,
+        "repeat": 1,
+    }
     model, train = configs(values, epochs=3, batch_size=25)
     assert (model.weight_sharing, model.head) == (False, "compare")
     assert (train.lr, train.schedule, train.batch_size, train.epochs) == (0.02, "cosine", 10, 3)
@@ -48,10 +55,15 @@ def test_spec_validation_reads_the_registry_rules_and_literal_choices() -> None:
 
 def test_docs_parameter_table_is_the_registry_table() -> None:
     text = (ROOT / "docs" / "parameters.md").read_text(encoding="utf-8")
-    assert markdown_table() in text, "regenerate the table: python -c 'from hpo.params import markdown_table; print(markdown_table())'"
+    assert markdown_table() in text, (
+        "regenerate the table: python -c 'from hpo.spec.registry import markdown_table; print(markdown_table())'"
+    )
 
 
 def test_report_export_and_results_import_no_torch() -> None:
-    code = "import sys, hpo.report, hpo.export, hpo.results, hpo.worker, hpo.storage, hpo.study; print('torch' in sys.modules)"
+    code = (
+        "import sys, hpo.readers.html_report, hpo.readers.trial_table, hpo.readers.results, hpo.search.loop, "
+        "hpo.store.connect, hpo.search.study; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

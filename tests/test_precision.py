@@ -2,11 +2,11 @@
 
 import pytest
 
-from hpo.data import cv_pairs, stratified_folds
 from hpo.errors import HpoError
-from hpo.model import TwinConfig
 from hpo.rng import generator
-from hpo.train import TrainConfig, native_bfloat16, resolve_precision, train_members
+from hpo.training.batched import TrainConfig, native_bfloat16, resolve_precision, train_members
+from hpo.training.data import cv_pairs, stratified_folds
+from hpo.training.model import TwinConfig
 
 NATIVE = pytest.mark.skipif(not native_bfloat16(), reason="this CPU has no native bfloat16 (AVX512_BF16 or AMX)")
 
@@ -19,7 +19,7 @@ def test_precision_names_are_validated_and_auto_takes_the_faster_float32() -> No
 
 
 def test_bfloat16_without_native_support_is_a_user_error(monkeypatch) -> None:
-    monkeypatch.setattr("hpo.train.native_bfloat16", lambda: False)
+    monkeypatch.setattr("hpo.training.batched.native_bfloat16", lambda: False)
     with pytest.raises(HpoError, match="no native bfloat16"):
         resolve_precision("bfloat16")
     assert resolve_precision("auto") == "float32"
@@ -30,7 +30,10 @@ def test_bfloat16_training_learns_the_task_on_real_pairs(mnist_dir) -> None:
     """Autocast forward, float32 loss and Adam: as good as float32 here, far above chance (0.5)."""
     pairs = cv_pairs(mnist_dir, 600, seed=1, download=False)
     folds = stratified_folds(pairs.targets, 2, generator(0, "folds"))
-    cfg, train = TwinConfig(conv1_channels=16, conv2_channels=32, hidden=64, batch_norm=True), TrainConfig(epochs=8, lr=3e-3)
+    cfg, train = (
+        TwinConfig(conv1_channels=16, conv2_channels=32, hidden=64, batch_norm=True),
+        TrainConfig(epochs=8, lr=3e-3),
+    )
     results = {
         p: train_members(cfg, train, pairs, folds.train_index, pairs, folds.val_index, [0, 1], precision=p)
         for p in ("float32", "bfloat16")

@@ -11,19 +11,26 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.data import cv_pairs, stratified_folds
-from hpo.params import configs
-from hpo.report import ablation_cells, build_report
-from hpo.results import confirmed_best
+from hpo.readers.html_report import ablation_cells, build_report
+from hpo.readers.results import pick_trial
 from hpo.rng import generator
-from hpo.space import Choice, Fixed
-from hpo.spec import load_spec, parse_spec
-from hpo.train import train_members
+from hpo.spec.registry import configs
+from hpo.spec.space import Choice, Fixed
+from hpo.spec.study_spec import load_spec, parse_spec
+from hpo.training.batched import train_members
+from hpo.training.data import cv_pairs, stratified_folds
 
 REPO = Path(__file__).resolve().parent.parent
 
-SINGLE_SECTIONS = ["Optimisation history", "Intermediate values (pruning curves)", "Parameter importances",
-                   "Parallel coordinates", "Slices", "Weight sharing x auxiliary loss", "Top 10 trials"]
+SINGLE_SECTIONS = [
+    "Optimisation history",
+    "Intermediate values (pruning curves)",
+    "Parameter importances",
+    "Parallel coordinates",
+    "Slices",
+    "Weight sharing x auxiliary loss",
+    "Top 10 trials",
+]
 
 
 def plotly_divs(page: str) -> int:
@@ -32,8 +39,26 @@ def plotly_divs(page: str) -> int:
 
 def test_report_is_one_self_contained_file_with_every_section(cli, small_study, mnist_dir, tmp_path) -> None:
     url, name = small_study
-    assert cli("evaluate", "--study", name, "--storage", url, "--data-dir", mnist_dir, "--rounds", "2", "--pairs", "100",
-               "--epochs", "1", "--threads", "1").exit_code == 0
+    assert (
+        cli(
+            "evaluate",
+            "--study",
+            name,
+            "--storage",
+            url,
+            "--data-dir",
+            mnist_dir,
+            "--rounds",
+            "2",
+            "--pairs",
+            "100",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+        ).exit_code
+        == 0
+    )
     out = tmp_path / "report.html"
     result = cli("report", "--study", name, "--storage", url, "--out", out)
     assert result.exit_code == 0, result.stderr
@@ -48,11 +73,13 @@ def test_report_is_one_self_contained_file_with_every_section(cli, small_study, 
     study = optuna.load_study(study_name=name, storage=url)
     evaluation = study.user_attrs["evaluation"]
     assert f"{100 * evaluation['mean']:.2f} ± {100 * evaluation['std']:.2f} % over 2 rounds" in page
-    assert evaluation["trial"] == confirmed_best(study).number, "evaluate tests the recommended trial"
+    assert evaluation["trial"] == pick_trial(study, None).number, "evaluate tests the recommended trial"
     assert f"recommended trial</td><td>#{evaluation['trial']}: CV" in page
 
 
-def test_grid_ablation_groups_cv_accuracy_by_sharing_and_aux_loss(cli, write_spec, sqlite_url, mnist_dir, tmp_path) -> None:
+def test_grid_ablation_groups_cv_accuracy_by_sharing_and_aux_loss(
+    cli, write_spec, sqlite_url, mnist_dir, tmp_path
+) -> None:
     spec = write_spec(
         """
         [study]
@@ -72,14 +99,23 @@ def test_grid_ablation_groups_cv_accuracy_by_sharing_and_aux_loss(cli, write_spe
         hidden = 16
         """
     )
-    assert cli("optimize", "--trials", 8, "--spec", spec, "--storage", sqlite_url, "--data-dir", mnist_dir).exit_code == 0
+    assert (
+        cli("optimize", "--trials", 8, "--spec", spec, "--storage", sqlite_url, "--data-dir", mnist_dir).exit_code == 0
+    )
     study = optuna.load_study(study_name="abl", storage=sqlite_url)
     cells = ablation_cells(study)
     assert [(c.weight_sharing, c.aux_loss, len(c.values)) for c in cells] == [
-        (True, True, 2), (True, False, 2), (False, True, 2), (False, False, 2)]
+        (True, True, 2),
+        (True, False, 2),
+        (False, True, 2),
+        (False, False, 2),
+    ]
     for c in cells:
-        expected = [t.value for t in study.trials
-                    if t.params["weight_sharing"] == c.weight_sharing and (t.params["aux_weight"] > 0) == c.aux_loss]
+        expected = [
+            t.value
+            for t in study.trials
+            if t.params["weight_sharing"] == c.weight_sharing and (t.params["aux_weight"] > 0) == c.aux_loss
+        ]
         assert c.mean == pytest.approx(statistics.fmean(expected))
     result = cli("report", "--study", "abl", "--storage", sqlite_url, "--out", tmp_path / "abl.html")
     assert result.exit_code == 0, result.stderr
@@ -101,21 +137,33 @@ def test_ablation_spec_is_the_published_grid_with_repeats() -> None:
 @pytest.fixture
 def two_objective_study(mnist_dir, sqlite_url) -> optuna.Study:
     """A real (CV accuracy, parameter count) study: 4 trials of a tiny net, trained through ask/tell."""
-    spec = parse_spec({
-        "study": {"name": "pareto"},
-        "train": {"folds": 2, "epochs": 1, "train_pairs": 100},
-        "space": {"conv1_channels": {"choices": [2, 4, 8]}, "lr": {"low": 1e-3, "high": 1e-2, "log": True},
-                  "conv2_channels": 8, "hidden": 16},
-    })
+    spec = parse_spec(
+        {
+            "study": {"name": "pareto"},
+            "train": {"folds": 2, "epochs": 1, "train_pairs": 100},
+            "space": {
+                "conv1_channels": {"choices": [2, 4, 8]},
+                "lr": {"low": 1e-3, "high": 1e-2, "log": True},
+                "conv2_channels": 8,
+                "hidden": 16,
+            },
+        }
+    )
     pairs = cv_pairs(mnist_dir, 100, 0, download=False)
     folds = stratified_folds(pairs.targets, 2, generator(0, "folds"))
-    study = optuna.create_study(study_name="pareto", storage=sqlite_url, directions=["maximize", "minimize"],
-                                sampler=optuna.samplers.RandomSampler(seed=1))
+    study = optuna.create_study(
+        study_name="pareto",
+        storage=sqlite_url,
+        directions=["maximize", "minimize"],
+        sampler=optuna.samplers.RandomSampler(seed=1),
+    )
     for _ in range(4):
         trial = study.ask()
         params = spec.suggest(trial)
         model_cfg, train_cfg = configs(params, spec.train.epochs, spec.train.batch_size)
-        result = train_members(model_cfg, train_cfg, pairs, folds.train_index, pairs, folds.val_index, [trial.number, 99])
+        result = train_members(
+            model_cfg, train_cfg, pairs, folds.train_index, pairs, folds.val_index, [trial.number, 99]
+        )
         trial.set_user_attr("fixed_params", {"conv2_channels": 8, "hidden": 16})
         study.tell(trial, [statistics.fmean(result.accuracies), result.n_params])
     return study
@@ -138,8 +186,26 @@ def test_multi_objective_evaluate_needs_a_trial_number(two_objective_study, cli,
     result = cli("evaluate", "--study", "pareto", "--storage", sqlite_url, "--data-dir", mnist_dir)
     assert result.exit_code == 2 and "several objectives" in result.stderr and "--trial N" in result.stderr
     number = two_objective_study.best_trials[0].number
-    result = cli("evaluate", "--study", "pareto", "--trial", number, "--storage", sqlite_url, "--data-dir", mnist_dir,
-                 "--rounds", "2", "--pairs", "100", "--epochs", "1", "--threads", "1", "--json")
+    result = cli(
+        "evaluate",
+        "--study",
+        "pareto",
+        "--trial",
+        number,
+        "--storage",
+        sqlite_url,
+        "--data-dir",
+        mnist_dir,
+        "--rounds",
+        "2",
+        "--pairs",
+        "100",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+    )
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["params"]["hidden"] == 16
 

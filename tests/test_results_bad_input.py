@@ -47,7 +47,9 @@ EVALUATE_CASES = {
 
 
 @pytest.mark.parametrize("args,message", EVALUATE_CASES.values(), ids=EVALUATE_CASES.keys())
-def test_bad_evaluate_requests_fail_plainly_and_leave_the_study_alone(cli, study_copy, mnist_dir, args, message) -> None:
+def test_bad_evaluate_requests_fail_plainly_and_leave_the_study_alone(
+    cli, study_copy, mnist_dir, args, message
+) -> None:
     url, name = study_copy
     before = snapshot(url, name)
     line = one_error_line(cli("evaluate", "--storage", url, "--data-dir", mnist_dir, *args))
@@ -63,7 +65,11 @@ def test_a_spec_with_unfixed_parameters_cannot_be_evaluated(cli, write_spec, mni
 
 def test_a_missing_sqlite_store_is_reported_not_created(cli, tmp_path) -> None:
     db = tmp_path / "typo.db"
-    for args in (["evaluate", "--study", "x"], ["report", "--study", "x", "--out", tmp_path / "r.html"], ["export", "--study", "x"]):
+    for args in (
+        ["evaluate", "--study", "x"],
+        ["report", "--study", "x", "--out", tmp_path / "r.html"],
+        ["export", "--study", "x"],
+    ):
         line = one_error_line(cli(*args, "--storage", f"sqlite:///{db}"))
         assert "no study store at" in line
     assert not db.exists() and not (tmp_path / "r.html").exists()
@@ -89,7 +95,9 @@ def test_unwritable_out_fails_before_any_work(cli, small_study, tmp_path, comman
 
 def test_export_rejects_an_unknown_format(cli, small_study) -> None:
     url, name = small_study
-    assert "--format must be csv or json" in one_error_line(cli("export", "--study", name, "--storage", url, "--format", "xml"))
+    assert "--format must be csv or json" in one_error_line(
+        cli("export", "--study", name, "--storage", url, "--format", "xml")
+    )
 
 
 def test_dashboard_on_a_port_in_use_says_so(small_study) -> None:
@@ -100,7 +108,9 @@ def test_dashboard_on_a_port_in_use_says_so(small_study) -> None:
         port = busy.getsockname()[1]
         proc = subprocess.run(
             [sys.executable, "-m", "hpo", "dashboard", "--storage", url, "--port", str(port)],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
@@ -111,3 +121,11 @@ def test_dashboard_on_a_port_in_use_says_so(small_study) -> None:
 def test_result_commands_have_help(cli, command) -> None:
     result = cli(command, "--help")
     assert result.exit_code == 0 and "Usage" in result.stdout and "--storage" in result.stdout
+
+
+def test_top_level_help_lists_the_search_before_the_commands_that_read_it(cli) -> None:
+    result = cli("--help")
+    names = ["optimize", "evaluate", "specs", "studies", "report", "export", "dashboard"]
+    at = {name: result.stdout.find(f" {name} ") for name in names}
+    assert result.exit_code == 0 and all(i >= 0 for i in at.values()), result.stdout
+    assert at["optimize"] < at["evaluate"] < min(at[name] for name in names[2:]), result.stdout

@@ -4,9 +4,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpo.published import PUBLISHED, fit_to_space
-from hpo.space import Choice, Fixed, FloatRange, IntRange
-from hpo.spec import load_spec, parse_spec
+from hpo.search.warm_start import PUBLISHED, fit_to_space
+from hpo.spec.space import Choice, Fixed, FloatRange, IntRange
+from hpo.spec.study_spec import load_spec, parse_spec
 
 
 def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -27,7 +27,9 @@ def test_published_values_are_fitted_into_the_space() -> None:
 def test_new_default_study_starts_with_the_published_configurations(cli, write_spec, sqlite_url, mnist_dir) -> None:
     spec = write_spec().read_text().replace('pruner = "median"', 'pruner = "median"\nenqueue_published = true')
     path = write_spec(spec)
-    result = cli("optimize", "--trials", 4, "--spec", path, "--storage", sqlite_url, "--data-dir", mnist_dir, "--epochs", 1)
+    result = cli(
+        "optimize", "--trials", 4, "--spec", path, "--storage", sqlite_url, "--data-dir", mnist_dir, "--epochs", 1
+    )
     assert result.exit_code == 0, result.stderr
     trials = trials_of(sqlite_url, "small")
     sources = [t.user_attrs.get("published") for t in trials]
@@ -37,18 +39,39 @@ def test_new_default_study_starts_with_the_published_configurations(cli, write_s
     assert report_a.params["lr"] == pytest.approx(6e-4) and report_a.params["beta1"] == pytest.approx(0.6)
     assert report_a.params["weight_sharing"] is True and report_a.state == TrialState.COMPLETE
     # Continuing the study does not queue them again.
-    assert cli("optimize", "--trials", 5, "--spec", path, "--storage", sqlite_url, "--data-dir", mnist_dir, "--epochs", 1).exit_code == 0
+    assert (
+        cli(
+            "optimize", "--trials", 5, "--spec", path, "--storage", sqlite_url, "--data-dir", mnist_dir, "--epochs", 1
+        ).exit_code
+        == 0
+    )
     assert [t.user_attrs.get("published") for t in trials_of(sqlite_url, "small")].count("report A") == 1
 
 
 def test_no_enqueue_flag_turns_the_warm_start_off(cli, sqlite_url, mnist_dir) -> None:
-    result = cli("optimize", "--trials", 1, "--epochs", 1, "--folds", 2, "--no-enqueue-published", "--study", "cold",
-                 "--storage", sqlite_url, "--data-dir", mnist_dir)
+    result = cli(
+        "optimize",
+        "--trials",
+        1,
+        "--epochs",
+        1,
+        "--folds",
+        2,
+        "--no-enqueue-published",
+        "--study",
+        "cold",
+        "--storage",
+        sqlite_url,
+        "--data-dir",
+        mnist_dir,
+    )
     assert result.exit_code == 0, result.stderr
     assert "published" not in trials_of(sqlite_url, "cold")[0].user_attrs
 
 
-def test_parameter_budget_is_an_optuna_constraint_and_prunes_over_budget_trials(cli, write_spec, sqlite_url, mnist_dir) -> None:
+def test_parameter_budget_is_an_optuna_constraint_and_prunes_over_budget_trials(
+    cli, write_spec, sqlite_url, mnist_dir
+) -> None:
     spec = write_spec(
         """
         [study]
@@ -65,7 +88,19 @@ def test_parameter_budget_is_an_optuna_constraint_and_prunes_over_budget_trials(
         conv2_channels = 8
         """
     )
-    result = cli("optimize", "--trials", 6, "--spec", spec, "--storage", sqlite_url, "--data-dir", mnist_dir, "--max-params", 10000)
+    result = cli(
+        "optimize",
+        "--trials",
+        6,
+        "--spec",
+        spec,
+        "--storage",
+        sqlite_url,
+        "--data-dir",
+        mnist_dir,
+        "--max-params",
+        10000,
+    )
     assert result.exit_code == 0, result.stderr
     trials = trials_of(sqlite_url, "budget")
     assert {t.params["hidden"] for t in trials} == {8, 512}
@@ -79,8 +114,21 @@ def test_parameter_budget_is_an_optuna_constraint_and_prunes_over_budget_trials(
 
 
 def test_pareto_spec_runs_a_two_objective_study(cli, sqlite_url, mnist_dir) -> None:
-    result = cli("optimize", "--spec", "pareto", "--trials", 3, "--epochs", 1, "--folds", 2,
-                 "--storage", sqlite_url, "--data-dir", mnist_dir)
+    result = cli(
+        "optimize",
+        "--spec",
+        "pareto",
+        "--trials",
+        3,
+        "--epochs",
+        1,
+        "--folds",
+        2,
+        "--storage",
+        sqlite_url,
+        "--data-dir",
+        mnist_dir,
+    )
     assert result.exit_code == 0, result.stderr
     assert "Pareto front" in result.stdout
     study = optuna.load_study(study_name="pareto", storage=sqlite_url)
@@ -96,8 +144,19 @@ def test_pareto_spec_runs_a_two_objective_study(cli, sqlite_url, mnist_dir) -> N
     "study,message",
     [
         ({"name": "x", "objectives": ["accuracy", "params"], "directions": ["maximize"]}, "one direction each"),
-        ({"name": "x", "objectives": ["accuracy", "beauty"], "directions": ["maximize", "maximize"], "pruner": "none"}, "unknown objective 'beauty'"),
-        ({"name": "x", "objectives": ["accuracy", "params"], "directions": ["maximize", "minimize"]}, "pruners need one objective"),
+        (
+            {
+                "name": "x",
+                "objectives": ["accuracy", "beauty"],
+                "directions": ["maximize", "maximize"],
+                "pruner": "none",
+            },
+            "unknown objective 'beauty'",
+        ),
+        (
+            {"name": "x", "objectives": ["accuracy", "params"], "directions": ["maximize", "minimize"]},
+            "pruners need one objective",
+        ),
         ({"name": "x", "max_params": 0}, "max_params must be at least 1"),
         ({"name": "x", "enqueue_published": "yes"}, "enqueue_published must be true or false"),
     ],
@@ -118,7 +177,7 @@ def test_default_spec_enqueues_searches_the_new_choices_and_fixes_what_cv_cannot
 
 
 def test_report_a_spec_is_the_published_report_a_configuration() -> None:
-    from hpo.published import REPORT_A
+    from hpo.search.warm_start import REPORT_A
 
     spec = load_spec("report-a")
     assert spec.is_fixed

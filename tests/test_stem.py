@@ -7,18 +7,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hpo.model
-from hpo.first_layer import first_layer
-from hpo.params import TwinConfig
-from hpo.stem import stem, stem_pays
-from hpo.winograd_pool import winograd_conv_pool_relu
+import hpo.training.model
+from hpo.kernels.dispatch import STEM, Kernels
+from hpo.kernels.first_layer import first_layer
+from hpo.kernels.stem import stem, takes
+from hpo.kernels.winograd_pool import winograd_conv_pool_relu
+from hpo.spec.registry import TwinConfig
 
 
-def layer_by_layer(x, w1, b1, w2, b2, members):  # type: ignore[no-untyped-def]
+def layer_by_layer(x, w1, b1, w2, b2, members):
     return winograd_conv_pool_relu(first_layer(x, w1, b1), w2, b2, members)
 
 
-def pytorch(x, w1, b1, w2, b2, members):  # type: ignore[no-untyped-def]
+def pytorch(x, w1, b1, w2, b2, members):
     images = x.permute(1, 2, 3, 0).contiguous().permute(0, 3, 1, 2)  # N x M x 14 x 14
     h = F.relu(F.max_pool2d(F.conv2d(images, w1, b1, groups=members), 2))
     h = F.relu(F.max_pool2d(F.conv2d(h, w2, b2, groups=members), 2))
@@ -34,12 +35,14 @@ def inputs(members: int, c1: int, c2: int, images: int, dtype: torch.dtype) -> l
     x[:, : images // 4] = 0
     w1 = 0.3 * torch.randn(members * c1, 1, 3, 3, generator=gen, dtype=dtype)
     b1 = 0.1 * torch.randn(members * c1, generator=gen, dtype=dtype)
-    w2 = (0.2 * torch.randn(members * c2, c1, 3, 3, generator=gen, dtype=dtype)).contiguous(memory_format=torch.channels_last)
+    w2 = (0.2 * torch.randn(members * c2, c1, 3, 3, generator=gen, dtype=dtype)).contiguous(
+        memory_format=torch.channels_last
+    )
     b2 = 0.1 * torch.randn(members * c2, generator=gen, dtype=dtype)
     return [x, w1, b1, w2, b2]
 
 
-def output_and_gradients(function, x, w1, b1, w2, b2, members):  # type: ignore[no-untyped-def]
+def output_and_gradients(function, x, w1, b1, w2, b2, members):
     params = [t.detach().clone().requires_grad_() for t in (w1, b1, w2, b2)]
     out = function(x, *params, members)
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=out.dtype)
@@ -50,7 +53,7 @@ def output_and_gradients(function, x, w1, b1, w2, b2, members):  # type: ignore[
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_the_stem_equals_the_two_layers_one_by_one_bit_for_bit(members, c1, c2, images, dtype) -> None:
     data = inputs(members, c1, c2, images, dtype)
-    assert stem_pays(data[0], data[1], data[3]) or torch.get_num_threads() > 2
+    assert takes(data[0], data[1], data[3])
     ours = output_and_gradients(stem, *data, members)
     theirs = output_and_gradients(layer_by_layer, *data, members)
     for name, a, b in zip(("features", "w1", "b1", "w2", "b2"), ours, theirs):
@@ -83,23 +86,14 @@ def test_the_stem_passes_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda *t: stem(x, *t, 2), args)
 
 
-def test_the_stem_pays_where_both_fast_layers_run_and_on_at_most_two_threads() -> None:
+def test_the_stem_takes_what_both_fused_layers_take() -> None:
     x, w1, _, w2, _ = inputs(2, 3, 4, 3, torch.float32)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert stem_pays(x, w1, w2)
-        assert not stem_pays(x.double(), w1, w2) and not stem_pays(x.requires_grad_(), w1, w2)
-        x = x.detach()
-        assert not stem_pays(x[..., :12, :12], w1, w2) and not stem_pays(x, w1, w2[..., :2, :2])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert not stem_pays(x, w1, w2)
-        torch.set_num_threads(2)
-        assert stem_pays(x, w1, w2)
-        torch.set_num_threads(3)
-        assert not stem_pays(x, w1, w2)
-    finally:
-        torch.set_num_threads(threads)
+    assert takes(x, w1, w2)
+    assert not takes(x.double(), w1, w2) and not takes(x.requires_grad_(), w1, w2)
+    x = x.detach()
+    assert not takes(x[..., :12, :12], w1, w2) and not takes(x, w1, w2[..., :2, :2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not takes(x, w1, w2)
 
 
 def test_members_that_do_not_divide_the_channels_are_refused() -> None:
@@ -109,14 +103,13 @@ def test_members_that_do_not_divide_the_channels_are_refused() -> None:
 
 
 @pytest.mark.parametrize("sharing", [True, False])
-def test_twin_net_without_batch_norm_takes_the_stem_and_trains_the_same(sharing, trains_the_same_without, monkeypatch) -> None:
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
-    trains_the_same_without(TwinConfig(weight_sharing=sharing, batch_norm=False, dropout=0.0), "stem", "stem_pays", 1e-10, 1e-12)
+def test_twin_net_without_batch_norm_takes_the_stem_and_trains_the_same(sharing, trains_the_same_without) -> None:
+    trains_the_same_without(
+        TwinConfig(weight_sharing=sharing, batch_norm=False, dropout=0.0), STEM, "stem", 1e-10, 1e-12
+    )
 
 
-def test_twin_net_with_batch_norm_takes_the_layers_one_by_one(monkeypatch) -> None:
-    calls: list[int] = []
-    monkeypatch.setattr(hpo.model, "stem", lambda *a: calls.append(1))
-    net = hpo.model.TwinNet(TwinConfig(batch_norm=True), members=2)
-    net(torch.rand(2, 4, 2, 14, 14))
-    assert calls == [], "batch norm sits between the layers"
+def test_twin_net_with_batch_norm_refuses_kernels_that_pool_right_after_the_convolution() -> None:
+    for kernels in (STEM, Kernels("fused", "winograd_pool")):
+        with pytest.raises(ValueError, match="no room for batch norm"):
+            hpo.training.model.TwinNet(TwinConfig(batch_norm=True), members=2, kernels=kernels)

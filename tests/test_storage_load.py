@@ -14,7 +14,9 @@ import storage_load  # noqa: E402
 
 
 @pytest.mark.postgres
-def test_quick_load_keeps_every_trial_once_and_reports_latencies_and_connections(postgres_server, tmp_path, capsys) -> None:
+def test_quick_load_keeps_every_trial_once_and_reports_latencies_and_connections(
+    postgres_server, tmp_path, capsys
+) -> None:
     server = postgres_server.render_as_string(hide_password=False)
     result = storage_load.main(["--quick", "--server", server, "--json", str(tmp_path / "load.json")])
     assert json.loads((tmp_path / "load.json").read_text()) == json.loads(json.dumps(result))
@@ -29,7 +31,9 @@ def test_quick_load_keeps_every_trial_once_and_reports_latencies_and_connections
             assert run[f"{op}_ms"]["n"] > 0 and 0 < run[f"{op}_ms"]["p50"] <= run[f"{op}_ms"]["p99"]
         assert run["storage_main_ms_per_trial"] > 0
     postgres = runs[("postgresql", 4)]
-    assert 4 <= postgres["peak_connections"] <= 2 * 4, "one connection per worker, a second only while a heartbeat overlaps"
+    assert 4 <= postgres["peak_connections"] <= 2 * 4, (
+        "one connection per worker, a second only while a heartbeat overlaps"
+    )
     assert runs[("sqlite", 2)]["peak_connections"] is None and runs[("sqlite", 2)]["database_is_locked"] == 0
     table = capsys.readouterr().out
     assert "| postgresql | 4 |" in table and "| sqlite | 2 |" in table

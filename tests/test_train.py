@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from hpo.data import Pairs, cv_pairs, stratified_folds
-from hpo.model import TwinConfig, TwinNet
 from hpo.rng import generator
-from hpo.train import Diverged, TrainConfig, learning_rate, train_members
+from hpo.training.batched import Diverged, TrainConfig, learning_rate, train_members
+from hpo.training.data import Pairs, cv_pairs, stratified_folds
+from hpo.training.model import TwinConfig, TwinNet
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,11 @@ def float64():
     torch.set_default_dtype(torch.float32)
 
 
-def _train_together_and_alone(pairs: Pairs, cfg: TwinConfig, epochs: int, fold: int, **augment: object):  # type: ignore[no-untyped-def]
+def _train_together_and_alone(pairs: Pairs, cfg: TwinConfig, epochs: int, fold: int, **augment: object):
     folds = stratified_folds(pairs.targets, 4, generator(0, "folds"))
-    train_cfg = TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, beta1=0.8, weight_decay=1e-4, aux_weight=0.7, **augment)  # type: ignore[arg-type]
+    train_cfg = TrainConfig(
+        epochs=epochs, batch_size=16, lr=3e-3, beta1=0.8, weight_decay=1e-4, aux_weight=0.7, **augment
+    )
     seeds = [11, 12, 13, 14]
     together = train_members(cfg, train_cfg, pairs, folds.train_index, pairs, folds.val_index, seeds)
     one = slice(fold, fold + 1)
@@ -65,7 +67,9 @@ IDS = ["shared-bn", "separate-softmax", "compare-head-augmented-cosine"]
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("fold", [0, 3])
-def test_fold_parallel_training_computes_exactly_what_one_fold_alone_computes(pairs: Pairs, cfg: TwinConfig, fold: int, float64) -> None:
+def test_fold_parallel_training_computes_exactly_what_one_fold_alone_computes(
+    pairs: Pairs, cfg: TwinConfig, fold: int, float64
+) -> None:
     """In float64 the batched and the single-fold run agree to rounding: the same computation."""
     pairs = Pairs(pairs.inputs.double(), pairs.targets, pairs.classes)
     # one case trains with every augmentation and the cosine schedule
@@ -94,12 +98,18 @@ def test_training_learns_the_task(mnist_dir) -> None:
     result = train_members(
         TwinConfig(conv1_channels=16, conv2_channels=32, hidden=64),
         TrainConfig(epochs=10, lr=3e-3, aux_weight=1.0),
-        pairs, folds.train_index, pairs, folds.val_index, [0, 1],
+        pairs,
+        folds.train_index,
+        pairs,
+        folds.val_index,
+        [0, 1],
     )
     assert len(result.history) == 10
     assert min(result.accuracies) > 0.70, result.history
     assert min(result.digit_accuracies) > 0.6
-    assert result.n_params == TwinNet(TwinConfig(conv1_channels=16, conv2_channels=32, hidden=64)).parameters_per_member()
+    assert (
+        result.n_params == TwinNet(TwinConfig(conv1_channels=16, conv2_channels=32, hidden=64)).parameters_per_member()
+    )
 
 
 def test_non_finite_loss_raises_diverged(pairs: Pairs) -> None:
@@ -121,12 +131,14 @@ def test_epoch_hook_sees_every_epoch_and_can_stop_training(pairs: Pairs) -> None
             raise StopIteration
 
     with pytest.raises(StopIteration):
-        train_members(TwinConfig(), TrainConfig(epochs=5), pairs, folds.train_index, pairs, folds.val_index, [0, 1], on_epoch=hook)
+        train_members(
+            TwinConfig(), TrainConfig(epochs=5), pairs, folds.train_index, pairs, folds.val_index, [0, 1], on_epoch=hook
+        )
     assert seen == [1, 2]
 
 
 def test_compare_head_is_the_probability_that_the_first_digit_is_not_larger() -> None:
-    from hpo.model import compare_digits
+    from hpo.training.model import compare_digits
 
     certain = torch.full((1, 3, 2, 10), -30.0)
     for row, (a, b) in enumerate([(3, 7), (7, 3), (5, 5)]):

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hpo.winograd_pool import winograd_conv_pool_relu
+from hpo.kernels.winograd_pool import winograd_conv_pool_relu
 
 
-def composition(x, weight, bias, members):  # type: ignore[no-untyped-def]
+def composition(x, weight, bias, members):
     """What the model computes without the fused pass: convolution, pooling, ReLU, then each
     member's features in (row, column, channel) order."""
     h = F.relu(F.max_pool2d(F.conv2d(x, weight, bias, groups=members), 2))
@@ -26,7 +26,7 @@ def inputs(members: int, cin: int, cout: int, images: int, dtype: torch.dtype) -
     return [x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last), bias]
 
 
-def output_and_gradients(function, x, weight, bias, members, seed=0):  # type: ignore[no-untyped-def]
+def output_and_gradients(function, x, weight, bias, members, seed=0):
     x, weight, bias = (t.detach().clone().requires_grad_() for t in (x, weight, bias))
     out = function(x, weight, bias, members)
     grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
@@ -35,7 +35,9 @@ def output_and_gradients(function, x, weight, bias, members, seed=0):  # type: i
 
 @pytest.mark.parametrize("members,cin,cout,images", [(5, 32, 64, 50), (3, 8, 16, 7), (1, 1, 1, 1), (2, 3, 5, 4)])
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
-def test_the_pooled_pass_equals_convolution_pooling_and_relu_with_every_gradient(members, cin, cout, images, dtype, tolerance) -> None:
+def test_the_pooled_pass_equals_convolution_pooling_and_relu_with_every_gradient(
+    members, cin, cout, images, dtype, tolerance
+) -> None:
     data = inputs(members, cin, cout, images, dtype)
     ours = output_and_gradients(winograd_conv_pool_relu, *data, members)
     reference = output_and_gradients(composition, *data, members)

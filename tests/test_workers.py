@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import socket
 import socketserver
@@ -23,19 +25,45 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from test_bad_input import one_error_line
 
-from hpo.published import PUBLISHED
-from hpo.storage import open_storage, retry_init_race
-from hpo.worker import Interrupted, _SignalGuard, run_until
+from hpo.search.loop import run_until
+from hpo.search.retries import fail_stale_trials
+from hpo.search.signals import Interrupted, SignalGuard
+from hpo.search.warm_start import PUBLISHED
+from hpo.store.connect import open_storage, retry_init_race
 
 ROOT = Path(__file__).resolve().parents[1]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def start_worker(spec: Path, storage: str, trials: int, data_dir: Path, *extra: object, **popen: Any) -> subprocess.Popen:
-    """`hpo optimize` as its own process, one torch thread, as a worker machine would run it."""
-    argv = [sys.executable, "-m", "hpo", "optimize", "--trials", str(trials), "--spec", str(spec),
-            "--storage", storage, "--data-dir", str(data_dir), "--threads", "1", *map(str, extra)]
+def start_worker(
+    spec: Path, storage: str, trials: int, data_dir: Path, *extra: object, log_format: str | None = "bar", **popen: Any
+) -> subprocess.Popen:
+    """`hpo optimize` as its own process, one torch thread, as a worker machine would run it.
+
+    Its stderr is a pipe, no terminal: `log_format` "bar" keeps the terminal's output (a bar, plain
+    lines) that most tests read; None leaves hpo's default (log lines, hpo.log_lines).
+    """
+    argv = [
+        sys.executable,
+        "-m",
+        "hpo",
+        "optimize",
+        "--trials",
+        str(trials),
+        "--spec",
+        str(spec),
+        "--storage",
+        storage,
+        "--data-dir",
+        str(data_dir),
+        "--threads",
+        "1",
+        *map(str, extra),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    env.pop("HPO_LOG_FORMAT", None)
+    if log_format is not None:
+        env["HPO_LOG_FORMAT"] = log_format
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -49,17 +77,29 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]
     return proc.returncode, out, err
 
 
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d ")  # hpo.log_lines, stderr no terminal
+
+
 def message_lines(err: str) -> list[str]:
-    """A worker's stderr without its progress bar's lines."""
-    return [line for line in err.splitlines() if line.strip() and "━" not in line and not line.startswith("study ")]
+    """A worker's stderr without its progress bar's or its log's lines (a trial, a summary, a notice)."""
+    return [
+        line
+        for line in err.splitlines()
+        if line.strip() and "━" not in line and not line.startswith("study ") and not LOG_LINE.match(line)
+    ]
 
 
 def trials_of(url: str, name: str) -> list[FrozenTrial]:
     return optuna.load_study(study_name=name, storage=url).get_trials()
 
 
-def wait_for(url: str, name: str, condition: Callable[[list[FrozenTrial]], bool], procs: list[subprocess.Popen],
-             timeout: float = 240) -> list[FrozenTrial]:
+def wait_for(
+    url: str,
+    name: str,
+    condition: Callable[[list[FrozenTrial]], bool],
+    procs: list[subprocess.Popen],
+    timeout: float = 240,
+) -> list[FrozenTrial]:
     """Poll the study until `condition` holds; fail early if every worker has already exited."""
     storage = None
     deadline = time.monotonic() + timeout
@@ -74,13 +114,19 @@ def wait_for(url: str, name: str, condition: Callable[[list[FrozenTrial]], bool]
             return trials
         if all(p.poll() is not None for p in procs):
             break
-    pytest.fail(f"condition not reached; workers: {[(p.poll(), p.stderr.read()[-1500:] if p.poll() is not None else '') for p in procs]}")
+    states = [(p.poll(), p.stderr.read()[-1500:] if p.poll() is not None else "") for p in procs]
+    pytest.fail(f"condition not reached; workers: {states}")
 
 
 def running_with_progress(trials: list[FrozenTrial], worker: str | None = None) -> list[FrozenTrial]:
     """Trials in training: RUNNING, every parameter sampled (n_params is stored just before training)."""
-    return [t for t in trials if t.state == TrialState.RUNNING and "n_params" in t.user_attrs
-            and (worker is None or t.user_attrs["worker"].endswith(f":{worker}"))]
+    return [
+        t
+        for t in trials
+        if t.state == TrialState.RUNNING
+        and "n_params" in t.user_attrs
+        and (worker is None or t.user_attrs["worker"].endswith(f":{worker}"))
+    ]
 
 
 def test_three_workers_share_a_nine_trial_study(write_spec, postgres_url, mnist_dir) -> None:
@@ -92,7 +138,7 @@ def test_three_workers_share_a_nine_trial_study(write_spec, postgres_url, mnist_
         assert "recommended trial of study 'small'" in out
     trials = trials_of(postgres_url, "small")
     finished = [t for t in trials if t.state in FINISHED]
-    assert 9 <= len(finished) <= 11, "each extra worker may overshoot by the one trial in hand"
+    assert len(finished) == 9, "the workers share one budget: exactly the target"
     assert len(trials) == len(finished), [t.state for t in trials]
     assert sorted(t.number for t in trials) == list(range(len(trials)))
     for t in trials:
@@ -111,9 +157,12 @@ def test_sigkilled_worker_trial_is_failed_retried_and_target_reached(write_spec,
     # queued by the leader confirmation's check instead, and left waiting.
     victim, survivor = (start_worker(spec, postgres_url, 48, mnist_dir, "--heartbeat-interval", 1) for _ in range(2))
     while True:
-        before = wait_for(postgres_url, "small",
-                          lambda ts: any(t.state == TrialState.COMPLETE for t in ts) and running_with_progress(ts, str(victim.pid)),
-                          [victim, survivor])
+        before = wait_for(
+            postgres_url,
+            "small",
+            lambda ts: any(t.state == TrialState.COMPLETE for t in ts) and running_with_progress(ts, str(victim.pid)),
+            [victim, survivor],
+        )
         # Frozen first, so that the trial read next is the one it holds when killed (it could
         # otherwise finish between the read and the kill).
         victim.send_signal(signal.SIGSTOP)
@@ -139,13 +188,25 @@ def test_sigkilled_worker_trial_is_failed_retried_and_target_reached(write_spec,
     for t in before:
         if t.state == TrialState.COMPLETE:
             kept = trials[t.number]
-            assert (kept.state, kept.value, kept.params, kept.intermediate_values) == (t.state, t.value, t.params, t.intermediate_values)
+            assert (kept.state, kept.value, kept.params, kept.intermediate_values) == (
+                t.state,
+                t.value,
+                t.params,
+                t.intermediate_values,
+            )
 
 
-def test_sigterm_fails_the_trial_in_hand_queues_its_retry_and_exits_with_one_line(write_spec, postgres_url, mnist_dir) -> None:
+def test_sigterm_fails_the_trial_in_hand_queues_its_retry_and_exits_with_one_line(
+    write_spec, postgres_url, mnist_dir
+) -> None:
     spec = write_spec(epochs=20, pruner="none")
     proc = start_worker(spec, postgres_url, 50, mnist_dir)
-    wait_for(postgres_url, "small", lambda ts: any(t.state == TrialState.COMPLETE for t in ts) and running_with_progress(ts), [proc])
+    wait_for(
+        postgres_url,
+        "small",
+        lambda ts: any(t.state == TrialState.COMPLETE for t in ts) and running_with_progress(ts),
+        [proc],
+    )
     proc.send_signal(signal.SIGTERM)
     code, _, err = finish(proc, timeout=30)
     assert code == 128 + signal.SIGTERM, err
@@ -170,9 +231,9 @@ def test_sigterm_fails_the_trial_in_hand_queues_its_retry_and_exits_with_one_lin
 
 CREATE_AT = """
 import sys, time
-from hpo.spec import load_spec
-from hpo.storage import open_storage
-from hpo.study import load_or_create
+from hpo.spec.study_spec import load_spec
+from hpo.store.connect import open_storage
+from hpo.search.study import load_or_create
 spec, url, start = load_spec(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 while time.time() < start:
     pass
@@ -181,15 +242,27 @@ print(load_or_create(spec, open_storage(url)).study_name)
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_workers_starting_at_the_same_instant_create_one_study_and_queue_the_warm_start_once(backend, write_spec, request, tmp_path) -> None:
-    spec = write_spec(write_spec().read_text().replace('pruner = "median"', 'pruner = "median"\nenqueue_published = true'))
+def test_workers_starting_at_the_same_instant_create_one_study_and_queue_the_warm_start_once(
+    backend, write_spec, request, tmp_path
+) -> None:
+    spec = write_spec(
+        write_spec().read_text().replace('pruner = "median"', 'pruner = "median"\nenqueue_published = true')
+    )
     new_db = request.getfixturevalue("new_postgres_db") if backend == "postgresql" else None
     for round_ in range(3):  # without handling, two of three processes fail most rounds (duplicate tables)
         url = new_db() if new_db else f"sqlite:///{tmp_path}/{round_}.db"
         start = time.time() + 6  # after every interpreter has imported optuna and torch
-        procs = [subprocess.Popen([sys.executable, "-c", CREATE_AT, str(spec), url, str(start)], cwd=ROOT,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", CREATE_AT, str(spec), url, str(start)],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(3)
+        ]
         for proc in procs:
             code, out, err = finish(proc, timeout=120)
             assert code == 0 and out.strip() == "small", err
@@ -260,10 +333,8 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
         pass
     finally:
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 def free_port() -> int:
@@ -298,26 +369,38 @@ def test_worker_retries_a_database_that_is_still_starting_then_runs(write_spec, 
 
 def test_unreachable_server_gives_up_after_connect_timeout_with_one_line(cli, write_spec, mnist_dir) -> None:
     url = f"postgresql+psycopg://postgres:secret@127.0.0.1:{free_port()}/hpo"
-    line = one_error_line(cli("optimize", "--spec", write_spec(), "--data-dir", mnist_dir, "--storage", url, "--connect-timeout", 2))
+    line = one_error_line(
+        cli("optimize", "--spec", write_spec(), "--data-dir", mnist_dir, "--storage", url, "--connect-timeout", 2)
+    )
     assert line.startswith("error: cannot reach database server 127.0.0.1:") and "--connect-timeout" in line
     assert "secret" not in line
 
 
 def test_unknown_role_is_reported_at_once_as_credentials(cli, write_spec, postgres_url, mnist_dir) -> None:
-    url = sqlalchemy.make_url(postgres_url).set(username="no_such_user", password="pw").render_as_string(hide_password=False)
+    url = (
+        sqlalchemy.make_url(postgres_url)
+        .set(username="no_such_user", password="pw")
+        .render_as_string(hide_password=False)
+    )
     # A long --connect-timeout: waiting on a refusal would hang this test, not pass it.
-    line = one_error_line(cli("optimize", "--spec", write_spec(), "--data-dir", mnist_dir, "--storage", url, "--connect-timeout", 3600))
+    line = one_error_line(
+        cli("optimize", "--spec", write_spec(), "--data-dir", mnist_dir, "--storage", url, "--connect-timeout", 3600)
+    )
     assert "refused user 'no_such_user'" in line and "check the user and password" in line, line
     assert "pw@" not in line
 
 
 def test_unknown_database_is_reported_at_once(cli, write_spec, postgres_server, mnist_dir) -> None:
     url = postgres_server.set(database="hpo_no_such_db").render_as_string(hide_password=False)
-    line = one_error_line(cli("optimize", "--spec", write_spec(), "--data-dir", mnist_dir, "--storage", url, "--connect-timeout", 3600))
+    line = one_error_line(
+        cli("optimize", "--spec", write_spec(), "--data-dir", mnist_dir, "--storage", url, "--connect-timeout", 3600)
+    )
     assert "database 'hpo_no_such_db' does not exist" in line, line
 
 
-def test_two_processes_and_a_slow_reader_share_one_sqlite_file_without_lock_errors(write_spec, tmp_path, mnist_dir) -> None:
+def test_two_processes_and_a_slow_reader_share_one_sqlite_file_without_lock_errors(
+    write_spec, tmp_path, mnist_dir
+) -> None:
     spec = write_spec(
         """
         [study]
@@ -354,7 +437,7 @@ def test_two_processes_and_a_slow_reader_share_one_sqlite_file_without_lock_erro
         assert code == 0, err
         assert "locked" not in err
     trials = trials_of(url, "laptop")
-    assert 30 <= sum(t.state in FINISHED for t in trials) <= 31
+    assert sum(t.state in FINISHED for t in trials) == 30
     assert len({t.user_attrs["worker"] for t in trials}) == 2
 
 
@@ -370,12 +453,14 @@ def test_a_trial_asked_for_by_a_worker_that_died_before_its_first_heartbeat_is_f
     orphan = study.ask()  # then the worker died (or lost the store): no heartbeat, no "worker"
     claimed = study.ask()
     claimed.set_user_attr("worker", "elsewhere:1")  # one that a live worker holds
+    fail_stale_trials(study)  # first seen unclaimed now, by this worker's own clock
+    assert {t.state for t in study.get_trials()} == {TrialState.RUNNING}
     time.sleep(3.5)  # the grace period: 3 heartbeat intervals of 1 s
-    run_until(study, lambda trial: 1.0, target=1)
+    fail_stale_trials(study)
     states = {t.number: t.state for t in study.get_trials()}
     assert states[orphan.number] == TrialState.FAIL
+    assert study.get_trials()[orphan.number].system_attrs["unclaimed"] is True
     assert states[claimed.number] == TrialState.RUNNING, "a claimed trial is left to the heartbeat check"
-    assert sum(s == TrialState.COMPLETE for s in states.values()) == 1
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -425,7 +510,7 @@ def test_a_stop_signal_that_lands_in_a_finaliser_is_raised_again_in_training(fin
             if finaliser == "__del__":
                 signalled()
 
-    guard, key = _SignalGuard(), Key()
+    guard, key = SignalGuard(), Key()
     keep = weakref.ref(key, lambda _: signalled()) if finaliser == "weakref callback" else None
     if finaliser == "weakref.finalize":
         weakref.finalize(key, signalled)
@@ -436,3 +521,43 @@ def test_a_stop_signal_that_lands_in_a_finaliser_is_raised_again_in_training(fin
     assert stopped.value.signum == signal.SIGTERM and guard.signum == signal.SIGTERM
     assert keep is None or keep() is None
     assert not [w for w in recwarn if issubclass(w.category, pytest.PytestUnraisableExceptionWarning)]
+
+
+def test_a_stop_signal_waits_until_a_database_drivers_call_returns() -> None:
+    """Raised inside a driver's call, a stop leaves its connection mid-protocol; it waits for the call instead."""
+    finished: list[str] = []
+    driver = {"__name__": "psycopg.cursor", "os": os, "signal": signal, "time": time, "finished": finished}
+    exec(  # a function whose frame belongs to the driver's module, as a real cursor.execute's does
+        "def execute():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside the driver\n"
+        "    end = time.monotonic() + 0.1\n"
+        "    while time.monotonic() < end:\n"
+        "        pass\n"
+        "    finished.append('execute')\n",
+        driver,
+    )
+    guard = SignalGuard()
+    with guard.installed(), guard.objective_running(), pytest.raises(Interrupted) as stopped:
+        driver["execute"]()
+        for _ in range(200):  # back in our code: the signal, sent again, raises here within 10 ms
+            time.sleep(0.01)
+    assert finished == ["execute"], "the driver's call ran to its end"
+    assert stopped.value.signum == signal.SIGTERM and guard.signum == signal.SIGTERM
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_stop_that_a_library_error_wraps_still_fails_the_trial_for_its_retry(tmp_path) -> None:
+    study, _ = _lost_trial_study(tmp_path)
+
+    def objective(trial: optuna.Trial) -> float:
+        try:
+            raise Interrupted(signal.SIGTERM)
+        except Interrupted as stop:  # as SQLAlchemy does when the stop lands in its pool's ping
+            raise RuntimeError("can't change 'autocommit' now") from stop
+
+    with pytest.raises(Interrupted) as stopped:
+        run_until(study, objective, target=3)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING], "failed, and its retry queued"
+    assert stopped.value.trial_number == 0 and stopped.value.retry == 1
+    assert trials[1].system_attrs["retry_history"] == [0]

@@ -24,7 +24,14 @@ import yaml
 
 Obj = dict[str, Any]
 KNOWN = {"apiVersion", "kind", "resources", "namespace", "commonLabels", "labels", "images", "patches"}
-CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "PersistentVolume",
+    "StorageClass",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
 
@@ -40,7 +47,9 @@ def render(folder: str | Path) -> list[Obj]:
         path = folder / resource
         objects += render(path) if path.is_dir() else load(path)
     for patch in kustomization.get("patches", []):
-        body = yaml.safe_load((folder / patch["path"]).read_text()) if "path" in patch else yaml.safe_load(patch["patch"])
+        body = (
+            yaml.safe_load((folder / patch["path"]).read_text()) if "path" in patch else yaml.safe_load(patch["patch"])
+        )
         target = _find(objects, body["kind"], body["metadata"]["name"])
         target.update(merge(target, body))
     if kustomization.get("commonLabels"):

@@ -1,0 +1,277 @@
+"""The first layer fused: a one-channel 3x3 convolution, 2x2 max-pooling and ReLU in one loop
+(with batch norm between them, too).
+
+Through PyTorch this layer is memory-bound, not compute-bound: the convolution writes a
+4.6 MB activation per training step (5 members x 50 images x 32 channels x 12 x 12) that
+pooling reads, pooling's backward zero-fills and scatters into, and the convolution's
+backward reads again, for only 0.08 MFLOP an image. Here each pooled cell computes its four
+window positions in registers, keeps the largest and which one it was, and writes only the
+pooled, rectified result; the backward pass routes each gradient to that position and
+accumulates the weights' gradients from the image directly. It is the same function as
+`relu(max_pool2d(conv2d(x, w, b, groups=M), 2))`, ties and NaNs resolved as PyTorch's
+pooling resolves them (the first largest position, NaN wins), to float rounding. Batch norm
+is a per-channel affine map, so it commutes with pooling once the window's largest value is
+taken where scale * value is largest; its batch statistics follow from the images' patches.
+
+Numba compiles the two loops for this CPU on first use and caches them on disk. They run on
+one thread: hpo's workers train on one thread each, and at two threads a second thread for
+this layer made whole trials slower, not faster (numba's OpenMP pool also resets torch's
+thread count; a helper thread of our own competed with torch's own; docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpo.kernels.compile import jit, kernel_inputs
+
+SIZE, KERNEL, POOLED = 14, 3, 6  # 14 x 14 digits, 3 x 3 kernel: 12 x 12, pooled to 6 x 6
+# A float32 zero: an int literal would make the loops' float32 arithmetic float64 (float64 stays float64).
+_ZERO = np.float32(0)
+
+
+def _forward(x, w, b, sign, rectify, out, arg):
+    """x: M x N x 14 x 14, w: M x 9 x C, b and sign: M x C -> out, arg: N x 6 x 6 x M*C
+    (channels-last): per window the value whose sign-multiplied value is largest, and where."""
+    for m in range(x.shape[0]):
+        _forward_member(x, w, b, sign, rectify, out, arg, m)
+
+
+def _forward_member(x, w, b, sign, rectify, out, arg, m):
+    # Per window: the 4 x 4 patch under it held in 16 scalars, then for each channel its four
+    # positions (in PyTorch's scan order) from 9 weights loaded once: 11 loads and 2 stores
+    # per 36 multiply-adds (a loop per position took 1.2x as long). The stores go to two small
+    # arrays and are copied out after: stored into the output inside the loop, one call in two
+    # in a training step ran 2.5x as long (1.4 against 0.55 ms), as if the fresh output's
+    # addresses sometimes collided with the weights' (4K aliasing).
+    channels = w.shape[2]
+    kept = np.empty(channels, out.dtype)
+    chosen = np.empty(channels, np.uint8)
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[m, 0], w[m, 1], w[m, 2], w[m, 3], w[m, 4], w[m, 5], w[m, 6], w[m, 7], w[m, 8]
+    bm, sm = b[m], sign[m]
+    first, last = m * channels, (m + 1) * channels
+    for n in range(x.shape[1]):
+        img = x[m, n]
+        for i in range(POOLED):
+            for j in range(POOLED):
+                r, s = 2 * i, 2 * j
+                p00, p01, p02, p03 = img[r, s], img[r, s + 1], img[r, s + 2], img[r, s + 3]
+                p10, p11, p12, p13 = img[r + 1, s], img[r + 1, s + 1], img[r + 1, s + 2], img[r + 1, s + 3]
+                p20, p21, p22, p23 = img[r + 2, s], img[r + 2, s + 1], img[r + 2, s + 2], img[r + 2, s + 3]
+                p30, p31, p32, p33 = img[r + 3, s], img[r + 3, s + 1], img[r + 3, s + 2], img[r + 3, s + 3]
+                for c in range(channels):
+                    v0 = (
+                        bm[c]
+                        + w0[c] * p00
+                        + w1[c] * p01
+                        + w2[c] * p02
+                        + w3[c] * p10
+                        + w4[c] * p11
+                        + w5[c] * p12
+                        + w6[c] * p20
+                        + w7[c] * p21
+                        + w8[c] * p22
+                    )
+                    v1 = (
+                        bm[c]
+                        + w0[c] * p01
+                        + w1[c] * p02
+                        + w2[c] * p03
+                        + w3[c] * p11
+                        + w4[c] * p12
+                        + w5[c] * p13
+                        + w6[c] * p21
+                        + w7[c] * p22
+                        + w8[c] * p23
+                    )
+                    v2 = (
+                        bm[c]
+                        + w0[c] * p10
+                        + w1[c] * p11
+                        + w2[c] * p12
+                        + w3[c] * p20
+                        + w4[c] * p21
+                        + w5[c] * p22
+                        + w6[c] * p30
+                        + w7[c] * p31
+                        + w8[c] * p32
+                    )
+                    v3 = (
+                        bm[c]
+                        + w0[c] * p11
+                        + w1[c] * p12
+                        + w2[c] * p13
+                        + w3[c] * p21
+                        + w4[c] * p22
+                        + w5[c] * p23
+                        + w6[c] * p31
+                        + w7[c] * p32
+                        + w8[c] * p33
+                    )
+                    best, key, which = v0, sm[c] * v0, np.uint8(0)
+                    k = sm[c] * v1
+                    take = (k > key) | (v1 != v1)
+                    best, key, which = (v1 if take else best), (k if take else key), (np.uint8(1) if take else which)
+                    k = sm[c] * v2
+                    take = (k > key) | (v2 != v2)
+                    best, key, which = (v2 if take else best), (k if take else key), (np.uint8(2) if take else which)
+                    k = sm[c] * v3
+                    take = (k > key) | (v3 != v3)
+                    best, which = (v3 if take else best), (np.uint8(3) if take else which)
+                    kept[c] = best if (not rectify or best > 0 or best != best) else _ZERO
+                    chosen[c] = which
+                pooled, where = out[n, i, j, first:last], arg[n, i, j, first:last]
+                for c in range(channels):  # stored apart: see above
+                    pooled[c] = kept[c]
+                    where[c] = chosen[c]
+
+
+def _backward(x, g, rectify, out, arg, gw, gb):
+    """The gradients of w and b (M x 9 x C, M x C) from the output's gradient g (N x 6 x 6 x M*C)."""
+    for m in range(x.shape[0]):
+        _backward_member(x, g, rectify, out, arg, gw[m], gb[m], m)
+
+
+def _backward_member(x, g, rectify, out, arg, dw, db, m):
+    # The gradient through ReLU, then each weight's from the window's four positions at once,
+    # in two loops of at most 5 stores (with 9, LLVM leaves a loop scalar); a loop per
+    # position, loading and storing the 9 sums four times, took 1.6x as long.
+    channels = dw.shape[1]
+    passed = np.empty(channels, dw.dtype)
+    dw[:] = 0
+    db[:] = 0
+    d0, d1, d2, d3, d4, d5, d6, d7, d8 = dw[0], dw[1], dw[2], dw[3], dw[4], dw[5], dw[6], dw[7], dw[8]
+    first, last = m * channels, (m + 1) * channels
+    for n in range(x.shape[1]):
+        img = x[m, n]
+        for i in range(POOLED):
+            for j in range(POOLED):
+                grad, pooled, where = g[n, i, j, first:last], out[n, i, j, first:last], arg[n, i, j, first:last]
+                r, s = 2 * i, 2 * j
+                p00, p01, p02, p03 = img[r, s], img[r, s + 1], img[r, s + 2], img[r, s + 3]
+                p10, p11, p12, p13 = img[r + 1, s], img[r + 1, s + 1], img[r + 1, s + 2], img[r + 1, s + 3]
+                p20, p21, p22, p23 = img[r + 2, s], img[r + 2, s + 1], img[r + 2, s + 2], img[r + 2, s + 3]
+                p30, p31, p32, p33 = img[r + 3, s], img[r + 3, s + 1], img[r + 3, s + 2], img[r + 3, s + 3]
+                for c in range(channels):  # through ReLU, if any: where its output is positive
+                    passed[c] = grad[c] if (not rectify or pooled[c] > 0) else _ZERO
+                    db[c] += passed[c]
+                for c in range(channels):  # through the pooling: to the winning position
+                    g0 = passed[c] if where[c] == 0 else _ZERO
+                    g1 = passed[c] if where[c] == 1 else _ZERO
+                    g2 = passed[c] if where[c] == 2 else _ZERO
+                    g3 = passed[c] if where[c] == 3 else _ZERO
+                    d0[c] += g0 * p00 + g1 * p01 + g2 * p10 + g3 * p11
+                    d1[c] += g0 * p01 + g1 * p02 + g2 * p11 + g3 * p12
+                    d2[c] += g0 * p02 + g1 * p03 + g2 * p12 + g3 * p13
+                    d3[c] += g0 * p10 + g1 * p11 + g2 * p20 + g3 * p21
+                    d4[c] += g0 * p11 + g1 * p12 + g2 * p21 + g3 * p22
+                for c in range(channels):
+                    g0 = passed[c] if where[c] == 0 else _ZERO
+                    g1 = passed[c] if where[c] == 1 else _ZERO
+                    g2 = passed[c] if where[c] == 2 else _ZERO
+                    g3 = passed[c] if where[c] == 3 else _ZERO
+                    d5[c] += g0 * p12 + g1 * p13 + g2 * p22 + g3 * p23
+                    d6[c] += g0 * p20 + g1 * p21 + g2 * p30 + g3 * p31
+                    d7[c] += g0 * p21 + g1 * p22 + g2 * p31 + g3 * p32
+                    d8[c] += g0 * p22 + g1 * p23 + g2 * p32 + g3 * p33
+
+
+_forward_member, _backward_member = jit(_forward_member), jit(_backward_member)
+_forward, _backward = jit(_forward), jit(_backward)
+
+
+class _FirstLayer(torch.autograd.Function):
+    """Pooled convolution: per window the value at the position where sign * value is largest
+    (max-pooling of what follows when that is sign * value scaled), rectified if asked."""
+
+    @staticmethod
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sign: torch.Tensor, rectify: bool
+    ) -> torch.Tensor:
+        members, images = x.shape[:2]
+        channels = weight.shape[0] // members
+        w = weight.detach().reshape(members, channels, KERNEL * KERNEL).transpose(1, 2).contiguous()
+        out = torch.empty(images, POOLED, POOLED, members * channels, dtype=x.dtype)
+        arg = torch.empty(out.shape, dtype=torch.uint8)
+        b, sign = bias.detach().reshape(members, channels), sign.reshape(members, channels).contiguous()
+        _forward(x.numpy(), w.numpy(), b.numpy(), sign.numpy(), rectify, out.numpy(), arg.numpy())
+        ctx.save_for_backward(x, out, arg)
+        ctx.channels, ctx.rectify = channels, rectify
+        return out.permute(0, 3, 1, 2)  # N x M*C x 6 x 6, channels-last in memory
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor, None, None]:
+        x, out, arg = ctx.saved_tensors
+        members, channels = x.shape[0], ctx.channels
+        gw = torch.empty(members, KERNEL * KERNEL, channels, dtype=x.dtype)
+        gb = torch.empty(members, channels, dtype=x.dtype)
+        arrays = (x.numpy(), grad.permute(0, 2, 3, 1).contiguous().numpy(), ctx.rectify, out.numpy(), arg.numpy())
+        _backward(*arrays, gw.numpy(), gb.numpy())
+        return None, gw.transpose(1, 2).reshape(members * channels, 1, KERNEL, KERNEL), gb.reshape(-1), None, None
+
+
+def takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `first_layer` takes these inputs: CPU tensors of float32 or float64, 14 x 14 images
+    not needing a gradient, one-channel 3 x 3 kernels, no autocast (which asks for bfloat16)."""
+    return (
+        kernel_inputs(x, weight)
+        and not x.requires_grad
+        and tuple(x.shape[2:]) == (SIZE, SIZE)
+        and tuple(weight.shape[1:]) == (1, KERNEL, KERNEL)
+    )
+
+
+def first_layer(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm: nn.BatchNorm2d | None = None
+) -> torch.Tensor:
+    """relu(max_pool2d(norm(conv2d(images, weight, bias, groups=M)), 2)) for M members' images.
+
+    x: M x N x 14 x 14; weight: M*C x 1 x 3 x 3; bias: M*C; norm: batch norm over the M*C
+    channels, or none. Returns N x M*C x 6 x 6 in channels-last memory, the layout the second
+    (grouped) convolution runs fastest on.
+    """
+    x = x.contiguous()
+    if norm is None:
+        return _FirstLayer.apply(x, weight, bias, torch.ones_like(bias.detach()), True)
+    scale, shift = _batch_norm_affine(x, weight, bias, norm)
+    # Batch norm is a per-channel affine map, so pooling commutes with it: the window's largest
+    # normalised value sits where scale * value is largest. Normalise and rectify the pooled
+    # values only, a quarter of the convolution's output.
+    pooled = _FirstLayer.apply(x, weight, bias, torch.where(scale < 0, -1.0, 1.0).to(x.dtype).detach(), False)
+    return F.relu(pooled * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
+
+
+def _batch_norm_affine(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm: nn.BatchNorm2d
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch norm of the (never built) convolution output as scale * value + shift per channel.
+
+    In training the batch's statistics follow from the images' 3 x 3 patches: a channel's mean
+    is w . mean(patch) + b and its variance w' cov(patch) w, each member from its own images;
+    the running statistics are updated as nn.BatchNorm2d updates them.
+    """
+    members, images = x.shape[:2]
+    if norm.training:
+        patches = F.unfold(x.reshape(members * images, 1, SIZE, SIZE), KERNEL)  # M*N x 9 x 144
+        patches = (
+            patches.view(members, images, KERNEL * KERNEL, -1).transpose(1, 2).reshape(members, KERNEL * KERNEL, -1)
+        )
+        mean_patch = patches.mean(-1, keepdim=True)
+        centred = patches - mean_patch
+        count = centred.shape[-1]
+        cov = centred @ centred.transpose(1, 2) / count  # M x 9 x 9
+        w = weight.view(members, -1, KERNEL * KERNEL)  # M x C x 9
+        mean = ((w @ mean_patch).squeeze(-1)).reshape(-1) + bias
+        var = torch.einsum("mck,mkl,mcl->mc", w, cov, w).reshape(-1)
+        with torch.no_grad():
+            norm.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+            norm.running_mean.mul_(1 - momentum).add_(momentum * mean)
+            norm.running_var.mul_(1 - momentum).add_(momentum * var * count / (count - 1))
+    else:
+        mean, var = norm.running_mean, norm.running_var
+    scale = norm.weight / torch.sqrt(var + norm.eps)
+    return scale, norm.bias - scale * mean

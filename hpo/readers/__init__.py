@@ -1,0 +1,1 @@
+"""Finished work read back: the recommended trial, report, export, listing. No torch."""

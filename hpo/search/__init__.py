@@ -1,0 +1,1 @@
+"""Optuna glue: study creation, pinning, warm start, the objective, the worker loop, confirmation."""

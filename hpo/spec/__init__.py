@@ -1,0 +1,1 @@
+"""Study specs: TOML -> validated frozen dataclasses, the search space, the parameter registry."""
