@@ -102,7 +102,7 @@ class TrialLog:
         value = trial.value if trial.values is not None and len(trial.values) == 1 else trial.values
         worker = trial.user_attrs.get("worker", "-")
         shown = "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-        took = "-" if seconds is None else f"{seconds:.1f}"
+        took = "-" if seconds is None else _seconds(seconds)
         line = f"trial {trial.number} {trial.state.name} value {shown} seconds {took} worker {worker}"
         fields = {"trial": trial.number, "state": trial.state.name, "value": value, "seconds": seconds}
         self._write("trial", line, {**fields, "worker": worker})
@@ -119,6 +119,11 @@ class TrialLog:
         text = json.dumps({"time": stamp, "event": event, **fields}) if self.json_lines else f"{stamp} {line}"
         with self._lock:
             print(text, file=self.stream, flush=True)
+
+
+def _seconds(seconds: float) -> str:
+    """Tenths for real trials; milliseconds for a trial under a second, which tenths would log as 0.0."""
+    return f"{seconds:.1f}" if seconds >= 1 else f"{seconds:.3f}"
 
 
 def _best(study: optuna.Study) -> float | None:

@@ -61,3 +61,19 @@ def test_an_unknown_log_format_is_one_line(cli) -> None:
     result = cli("optimize", "--log-format", "xml")
     assert result.exit_code == 2 and "--log-format must be one of auto, bar, text, json" in result.stderr
 
+
+@pytest.mark.parametrize(("took", "shown"), [(0.042, "0.042"), (11.34, "11.3")])
+def test_a_trial_under_a_second_logs_its_milliseconds_not_zero(took, shown) -> None:
+    from datetime import datetime, timedelta
+    from io import StringIO
+
+    import optuna
+
+    from hpo.log_lines import TrialLog
+
+    start = datetime(2026, 12, 2, 10, 0, 0)
+    trial = optuna.trial.create_trial(value=0.5, state=TrialState.COMPLETE)
+    trial.datetime_start, trial.datetime_complete = start, start + timedelta(seconds=took)
+    stream = StringIO()
+    TrialLog(stream=stream).trial_finished(optuna.create_study(), trial)
+    assert f" seconds {shown} worker -" in stream.getvalue()
