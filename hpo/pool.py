@@ -38,6 +38,7 @@ from hpo.app import (
     optimize,
     optimize_result,
     study_pairs,
+    tell_plateau,
 )
 from hpo.errors import HpoError, first_line
 from hpo.search.retries import fail_trials_of
@@ -130,6 +131,7 @@ def run_pool(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
         exc = Interrupted(signum or stopped[0]["signum"])
         exc.trials = [(r["trial"], r["retry"]) for r in stopped if r["trial"] is not None]
         raise exc
+    tell_plateau(options, study, events)
     failed = [w for w in workers if w.report is None or w.report["status"] != "done"]
     if len(failed) < len(workers):
         import torch

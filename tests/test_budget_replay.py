@@ -62,5 +62,18 @@ def test_the_replay_reads_a_real_store_and_prints_a_table(tmp_path, capsys) -> N
     picks = budget.main(["--storage", url, "--sizes", "2", "5", "--json", str(tmp_path / "out.json")])
     assert [p["trial"] for p in picks] == [0, 2]
     out = capsys.readouterr().out
-    assert "| 2 | #0 | 0.9000 | 12 |" in out and "| 5 | #2 | 0.9900 | 40 |" in out
+    assert "| --trials | 2 | #0 | 0.9000 | 12 |" in out and "| --trials | 5 | #2 | 0.9900 | 40 |" in out
     assert (tmp_path / "out.json").exists()
+
+
+def test_patience_stops_the_replay_at_the_first_prefix_where_the_rule_holds() -> None:
+    # Trial 3 (0.95) is the last rise; trials 4 to 7 finish after it without beating it.
+    trials = (
+        TRIALS[:2]
+        + [finished(3, TrialState.COMPLETE, 0.95, 20)]
+        + [finished(n, TrialState.PRUNED, 0.5, 20 + n) for n in (4, 5, 6, 7)]
+    )
+    picks = budget.patience_picks(trials, [2, 3, 9])
+    # patience 2: by 4 finished, 0.95 rose 0.05 over 0.90 within the last two (no fold spread: noise 0),
+    # so the rule first holds at 5 finished (no rise over trials 4 and 5); patience 9 never holds.
+    assert [(p["patience"], p["finished"], p["trial"]) for p in picks] == [(2, 5, 3), (3, 6, 3)]

@@ -19,6 +19,7 @@ from hpo.app.optimizing import (
     optimize,
     optimize_result,
     study_pairs,
+    tell_plateau,
 )
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "optimize",
     "optimize_result",
     "study_pairs",
+    "tell_plateau",
 ]

@@ -52,6 +52,7 @@ class OptimizeOptions:
     allow_space_change: bool = False
     precision: str = "float32"  # or bfloat16 / auto (bfloat16 where the CPU has it natively)
     jobs: int = 1  # worker processes: hpo.pool runs several, each through optimize() with jobs=1
+    patience: int = 0  # stop once the best CV score rose within its noise over this many trials (0: off)
 
 
 class OptimizeEvents(Protocol):
@@ -127,6 +128,10 @@ def check_optimize(options: OptimizeOptions) -> StudySpec:
         raise HpoError(f"--connect-timeout must be 0 or more seconds; got {o.connect_timeout:g}")
     if o.confirm < 0:
         raise HpoError(f"--confirm must be 0 or more; got {o.confirm}")
+    if o.patience < 0:
+        raise HpoError(f"--patience must be 0 (off) or more trials; got {o.patience}")
+    if o.patience and spec.multi_objective:
+        raise HpoError(f"--patience stops a study by its best CV score; spec '{spec.source}' has several objectives")
     return spec
 
 
@@ -162,6 +167,7 @@ def optimize(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
 
     from hpo.search.loop import run_until
     from hpo.search.objective import Objective
+    from hpo.search.stopping import study_plateau
     from hpo.training.batched import resolve_device, resolve_precision
 
     spec = check_optimize(options)
@@ -180,11 +186,23 @@ def optimize(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
             options.trials,
             callbacks=[events.trial_finished],
             retries=options.retries,
+            until=lambda s: study_plateau(s, options.patience) is not None,
         )
     finally:
         events.stopped()
+    tell_plateau(options, study, events)
     confirm(options, spec, study, storage, events)
     return optimize_result(study)
+
+
+def tell_plateau(options: OptimizeOptions, study: optuna.Study, events: OptimizeEvents) -> None:
+    """Say why a study stopped short of --trials, when --patience stopped it."""
+    from hpo.search.stopping import study_plateau
+
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    reached = study_plateau(study, options.patience) if done < options.trials else None
+    if reached is not None:
+        events.notice(reached.line())
 
 
 def keep_targets(study: optuna.Study, spec: StudySpec, pairs: Any, data_dir: Path | None) -> Any:

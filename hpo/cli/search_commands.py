@@ -19,6 +19,14 @@ def optimize(
     trials: Annotated[
         int, typer.Option("--trials", "-n", help="Target number of finished (complete + pruned) trials in the study.")
     ] = 200,
+    patience: Annotated[
+        int,
+        typer.Option(
+            envvar="HPO_PATIENCE",
+            help="Stop before --trials once the best CV score has risen by no more than its folds' standard error "
+            "over this many finished trials (0: off; docs/results.md measures 50).",
+        ),
+    ] = 0,
     spec: Annotated[
         str,
         typer.Option(
@@ -122,9 +130,9 @@ def optimize(
         ),
     ] = "auto",
 ) -> None:
-    """Search hyperparameters until the study holds --trials finished trials (re-running continues it).
+    """Search hyperparameters until the study holds --trials finished trials, or --patience says more stop paying.
 
-    Any number of workers started with the same command share the study.
+    Re-running continues the study; any number of workers started with the same command share it.
     """
     from hpo.pool import cuda_devices, resolve_jobs, run_pool
     from hpo.search.loop import finished_trials
@@ -134,6 +142,7 @@ def optimize(
     options = app.OptimizeOptions(
         jobs=workers,
         trials=trials,
+        patience=patience,
         spec=spec,
         study=study,
         storage=storage,

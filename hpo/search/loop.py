@@ -45,8 +45,9 @@ def run_until(
     target: int,
     callbacks: list[TrialCallback] | None = None,
     retries: int = DEFAULT_RETRIES,
+    until: Callable[[optuna.Study], bool] | None = None,
 ) -> None:
-    """Run trials until the study holds `target` finished (complete + pruned) trials.
+    """Run trials until the study holds `target` finished (complete + pruned) trials, or `until` says stop.
 
     The count is the study's, not this process's: re-running continues a study, and
     workers sharing it share one budget (hpo.store.budget): a trial is asked for only while
@@ -62,7 +63,7 @@ def run_until(
     with guard.installed(), _optimize_loop(study):
         while not guard.stopping and not study._stop_flag:
             fail_stale_trials(study)
-            if finished_trials(study) >= target:
+            if finished_trials(study) >= target or (until is not None and until(study)):
                 break
             trial = ask_within(study, target)
             if trial is None:
