@@ -174,6 +174,7 @@ def test_default_spec_enqueues_searches_the_new_choices_and_fixes_what_cv_cannot
     assert spec.space["head"] == Choice(("compare", "mlp"))
     assert isinstance(spec.space["conv2_channels"], IntRange)
     assert (spec.space["shift"], spec.space["schedule"]) == (Fixed(1), Fixed("cosine"))
+    assert spec.space["batch_norm"] == Fixed(True), "a study that searched it could lock onto networks without it"
 
 
 def test_report_a_spec_is_the_published_report_a_configuration() -> None:

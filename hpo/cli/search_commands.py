@@ -24,7 +24,7 @@ def optimize(
         typer.Option(
             envvar="HPO_PATIENCE",
             help="Stop before --trials once the best CV score has risen by no more than its folds' standard error "
-            "over this many finished trials (0: off; docs/results.md measures 50).",
+            "over this many finished trials (0: off; docs/results.md replays 30 and 50).",
         ),
     ] = 0,
     spec: Annotated[
