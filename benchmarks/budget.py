@@ -23,9 +23,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo import app
+from hpo.search.loop import FINISHED
 from hpo.search.stopping import plateau
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def prefix_picks(trials: list[FrozenTrial], sizes: list[int]) -> list[dict[str, Any]]:

@@ -197,10 +197,10 @@ def optimize(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
 
 def tell_plateau(options: OptimizeOptions, study: optuna.Study, events: OptimizeEvents) -> None:
     """Say why a study stopped short of --trials, when --patience stopped it."""
+    from hpo.search.loop import finished_trials
     from hpo.search.stopping import study_plateau
 
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    reached = study_plateau(study, options.patience) if done < options.trials else None
+    reached = study_plateau(study, options.patience) if finished_trials(study) < options.trials else None
     if reached is not None:
         events.notice(reached.line())
 

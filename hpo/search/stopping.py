@@ -17,8 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.readers.results import standard_error
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+from hpo.search.loop import FINISHED
 
 
 @dataclass(frozen=True)
