@@ -3,7 +3,9 @@ import math
 import torch
 
 from hpo.rng import generator
-from hpo.training.augment import random_rotate_scale, random_shift
+from hpo.training.augment import random_rotate_scale, random_shift, repair
+from hpo.training.batched import _batch
+from hpo.training.data import Pairs
 
 
 def test_shift_zero_is_the_identity() -> None:
@@ -63,3 +65,34 @@ def test_each_member_warps_the_same_way_alone_or_beside_others() -> None:
     together = random_rotate_scale(x, 10.0, 0.1, [generator(s) for s in (0, 1, 2)])
     alone = random_rotate_scale(x[2:], 10.0, 0.1, [generator(2)])
     assert torch.equal(together[2], alone[0])
+
+
+def test_repairing_uses_each_training_digit_once_and_only_the_members_own() -> None:
+    rows = torch.tensor([[0, 2, 4, 6], [1, 3, 5, 7]])
+    digits = repair(rows, [generator(0), generator(1)])
+    assert digits.shape == (2, 4, 2)
+    for member in range(2):
+        own = sorted(d for r in rows[member].tolist() for d in (2 * r, 2 * r + 1))
+        assert sorted(digits[member].reshape(-1).tolist()) == own
+
+
+def test_repairing_makes_new_pairs_and_each_member_repairs_alone_as_beside_others() -> None:
+    rows = torch.arange(100).view(2, 50)
+    together = repair(rows, [generator(3), generator(4)])
+    alone = repair(rows[1:], [generator(4)])
+    assert torch.equal(together[1], alone[0])
+    kept = sum(int(p[1] == p[0] + 1 and p[0] % 2 == 0) for p in together[0].tolist())
+    assert kept < 5, "most pairs are new"
+
+
+def test_a_repaired_batch_is_labelled_by_its_digits_classes() -> None:
+    classes = torch.tensor([[3, 1], [0, 9], [7, 7], [5, 2]])
+    inputs = classes.float()[:, :, None, None].expand(4, 2, 14, 14).clone()  # an image shows its class
+    train = Pairs(inputs, (classes[:, 0] <= classes[:, 1]).long(), classes)
+    digits = torch.tensor([[[0, 3], [7, 4], [5, 6], [2, 1]]])  # flat digit indices: 3-9, 2-7, 7-5, 0-1
+    x, targets, got = _batch(train, torch.zeros(1, 4, dtype=torch.long), digits)
+    assert got.tolist() == [[[3, 9], [2, 7], [7, 5], [0, 1]]]
+    assert targets.tolist() == [[1, 1, 0, 1]]
+    assert torch.equal(x[..., 0, 0], got.float())
+    digits = torch.tensor([[[1, 0], [3, 2]]])  # 1-3 and 9-0
+    assert _batch(train, torch.zeros(1, 2, dtype=torch.long), digits)[1].tolist() == [[1, 0]]

@@ -116,3 +116,22 @@ def test_a_fixed_spec_is_evaluated_without_any_study(cli, write_spec, tmp_path, 
     assert record["params"]["conv1_channels"] == 8 and record["trial"] is None
     assert record["mean"] > 0.62, "5 epochs with the aux loss learn well above chance (about 55 %)"
     assert not (tmp_path / "none.db").exists()
+
+
+def test_a_trial_is_tested_for_its_specs_final_epochs_unless_evaluate_says_otherwise(
+    cli, write_spec, tmp_path, mnist_dir
+) -> None:
+    """[train] final_epochs: trials train `epochs`, the recommendation's test trains longer."""
+    text = write_spec(name="final", pruner="none", epochs=1).read_text()
+    spec = write_spec(text.replace("train_pairs = 200", "train_pairs = 200\nfinal_epochs = 3"), name="final")
+    url = f"sqlite:///{tmp_path / 'final.db'}"
+    common = ["--storage", url, "--data-dir", mnist_dir]
+    assert cli("optimize", "--trials", "1", "--spec", spec, "--confirm", "0", *common).exit_code == 0
+    trial = load(url, "final").trials[0]
+    assert len(trial.intermediate_values) == 1, "the trial trained its 1 epoch"
+    assert trial.user_attrs["train"]["final_epochs"] == 3
+    fast = ["--rounds", "2", "--pairs", "100", "--threads", "1", "--json"]
+    record = json.loads(cli("evaluate", "--study", "final", *common, *fast).stdout)
+    assert record["epochs"] == 3
+    record = json.loads(cli("evaluate", "--study", "final", *common, *fast, "--epochs", "2").stdout)
+    assert record["epochs"] == 2

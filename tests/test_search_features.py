@@ -175,6 +175,7 @@ def test_default_spec_enqueues_searches_the_new_choices_and_fixes_what_cv_cannot
     assert isinstance(spec.space["conv2_channels"], IntRange)
     assert (spec.space["shift"], spec.space["schedule"]) == (Fixed(1), Fixed("cosine"))
     assert spec.space["batch_norm"] == Fixed(True), "a study that searched it could lock onto networks without it"
+    assert spec.train.test_epochs > spec.train.epochs, "trials only rank; the recommendation trains longer"
 
 
 def test_report_a_spec_is_the_published_report_a_configuration() -> None:

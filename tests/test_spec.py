@@ -124,3 +124,26 @@ def test_overrides_are_validated() -> None:
     assert spec.with_overrides(folds=3, epochs=4, name="y").train.folds == 3
     with pytest.raises(HpoError, match="unknown pruner 'fast'"):
         spec.with_overrides(pruner="fast")
+
+
+def test_final_epochs_is_read_checked_reset_by_epochs_and_left_out_of_the_pin(write_spec) -> None:
+    from hpo.spec.pin import check_pin, pin_of
+
+    text = write_spec(name="f").read_text()
+
+    def with_final(value: str) -> str:
+        return text.replace("train_pairs = 200", f"train_pairs = 200\nfinal_epochs = {value}")
+
+    spec = load_spec(write_spec(with_final("60"), name="f"))
+    assert (spec.train.epochs, spec.train.final_epochs, spec.train.test_epochs) == (2, 60, 60)
+    assert load_spec(write_spec(text, name="g")).train.test_epochs == 2, "default: as long as a trial"
+    assert spec.with_overrides(epochs=5).train.test_epochs == 5, "--epochs sets both"
+    assert spec.with_overrides(epochs=2).train.test_epochs == 60, "the spec's own epochs keep it"
+    for bad, message in (("0", "final_epochs must be at least 1"), ("2.5", "final_epochs must be an integer")):
+        with pytest.raises(HpoError, match=message):
+            load_spec(
+                write_spec(text.replace("train_pairs = 200", f"train_pairs = 200\nfinal_epochs = {bad}"), name="b")
+            )
+    plain = load_spec(write_spec(text, name="f"))
+    assert pin_of(plain)["hash"] == pin_of(spec)["hash"], "how the pick is tested does not change a trial's value"
+    assert check_pin("f", pin_of(plain), spec, allow_space_change=False) is False

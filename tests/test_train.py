@@ -73,7 +73,8 @@ def test_fold_parallel_training_computes_exactly_what_one_fold_alone_computes(
     """In float64 the batched and the single-fold run agree to rounding: the same computation."""
     pairs = Pairs(pairs.inputs.double(), pairs.targets, pairs.classes)
     # one case trains with every augmentation and the cosine schedule
-    augment = {"shift": 1, "rotate": 10.0, "scale": 0.1, "schedule": "cosine"} if cfg.head == "compare" else {}
+    every = {"shift": 1, "rotate": 10.0, "scale": 0.1, "schedule": "cosine", "repair": True}
+    augment = every if cfg.head == "compare" else {}
     together, alone, out_together, out_alone = _train_together_and_alone(pairs, cfg, epochs=3, fold=fold, **augment)
     assert [h[fold] for h in together.history] == [h[0] for h in alone.history]
     torch.testing.assert_close(out_together, out_alone, rtol=1e-9, atol=1e-9)

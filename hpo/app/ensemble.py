@@ -39,7 +39,7 @@ def evaluate_ensemble(o: EvaluateOptions, events: EpochEvents | None = None) -> 
     members = []
     for number, weight in selection.weights.items():
         how = recipe(trials[number])
-        epochs = o.epochs or how.settings.epochs
+        epochs = o.epochs or how.settings.test_epochs
         members.append(
             Member(number, how.params, epochs, how.settings.batch_size, weight, recorded_kernels(how.kernels))
         )

@@ -101,7 +101,7 @@ def evaluate(options: EvaluateOptions, events: EpochEvents | None = None) -> Eva
         how = recipe(chosen)
         params, settings, trial_no, kernel_name = how.params, how.settings, chosen.number, how.kernels
         label = f"trial #{chosen.number} of study '{o.study}'"
-    model_cfg, train_cfg = configs(params, o.epochs or settings.epochs, settings.batch_size)
+    model_cfg, train_cfg = configs(params, o.epochs or settings.test_epochs, settings.batch_size)
     if o.threads:
         torch.set_num_threads(o.threads)
     device = resolve_device(o.device)

@@ -40,7 +40,13 @@ def optimize(
         int | None, typer.Option(help="Seed for pairs, folds, sampler and initialisation (default: the spec's).")
     ] = None,
     folds: Annotated[int | None, typer.Option(help="Cross-validation folds (default: the spec's).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs per trial (default: the spec's).")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Training epochs per trial (default: the spec's); also how long hpo evaluate trains the "
+            "recommendation, in place of the spec's final_epochs."
+        ),
+    ] = None,
     sampler: Annotated[
         str | None, typer.Option(help="tpe, random, gp or grid (default: the spec's, else tpe).")
     ] = None,
@@ -207,7 +213,13 @@ def evaluate(
     ] = 10,
     seed: Annotated[int, typer.Option(help="Seed every round's pairs and initialisation derive from.")] = 0,
     pairs: Annotated[int, typer.Option("--pairs", help="Training pairs and test pairs per round.")] = 1000,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs (default: the trial's or the spec's).")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Training epochs (default: the spec's final_epochs, else its epochs; for a study's trial, "
+            "those it was searched with)."
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "float32",
     threads: Annotated[

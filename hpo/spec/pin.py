@@ -26,7 +26,8 @@ def pin_of(spec: StudySpec) -> dict[str, Any]:
         "objectives": list(spec.objectives),
         "directions": list(spec.directions),
         "seed": spec.seed,
-        "train": asdict(spec.train),
+        # final_epochs is left out: it changes how the recommendation is tested, not a trial's value
+        "train": {k: v for k, v in asdict(spec.train).items() if k != "final_epochs"},
         "fixed": spec.fixed_params(),
         "space": {
             name: {"kind": type(p).__name__, **asdict(p)}

@@ -71,6 +71,9 @@ class TrainConfig:
     weight_decay: float = param(0.0, ">= 0", lambda v: v >= 0, doc="Adam's L2 penalty")
     aux_weight: float = param(1.0, ">= 0", lambda v: v >= 0, doc="weight of the digit (auxiliary) loss; 0 turns it off")
     shift: int = param(0, "in [0, 4]", between(0, 4), doc="random translation of training images, in pixels")
+    repair: bool = param(
+        False, "true or false", doc="pair the training digits afresh every epoch, the label from their classes"
+    )
     rotate: float = param(
         0.0, "in [0, 45]", between(0.0, 45.0), doc="random rotation of training images, up to this many degrees"
     )

@@ -2,7 +2,7 @@
 
     [study]  name, direction, seed, sampler, pruner, resample, enqueue_published, max_params,
              and for several objectives: objectives = [...] with directions = [...]
-    [train]  folds, epochs, batch_size, train_pairs
+    [train]  folds, epochs, batch_size, train_pairs, final_epochs
     [space]  parameter = { choices = [...] } | { low, high, log?, step? } | plain value (fixed)
 
 Every check happens here, before anything touches storage, and fails with one HpoError line.
@@ -32,12 +32,21 @@ OBJECTIVES = ("accuracy", "params", "seconds")
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Fixed training settings every trial of a study shares."""
+    """Fixed training settings every trial of a study shares.
+
+    `final_epochs`: how long the recommendation trains when it is tested (`hpo evaluate`), where
+    a trial's CV score only has to rank it; None: as long as a trial.
+    """
 
     folds: int = 5
     epochs: int = 25
     batch_size: int = 25
     train_pairs: int = 1000
+    final_epochs: int | None = None
+
+    @property
+    def test_epochs(self) -> int:
+        return self.final_epochs or self.epochs
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,8 @@ class StudySpec:
         keys = ("name", "seed", "sampler", "pruner", "resample", "enqueue_published", "max_params")
         study = {k: v for k, v in overrides.items() if v is not None and k in keys}
         train = {k: v for k, v in overrides.items() if v is not None and k in ("folds", "epochs")}
+        if "epochs" in train and train["epochs"] != self.train.epochs:
+            train["final_epochs"] = None  # --epochs N: trials and the test of the recommendation alike
         spec = replace(self, **study, train=replace(self.train, **train))
         _check_settings(spec)
         return spec
@@ -146,7 +157,7 @@ def _parse(raw: Mapping[str, Any]) -> StudySpec:
         },
         "[study] keys",
     )
-    only_keys(train, {"folds", "epochs", "batch_size", "train_pairs"}, "[train] keys")
+    only_keys(train, {"folds", "epochs", "batch_size", "train_pairs", "final_epochs"}, "[train] keys")
     if "name" not in study:
         raise HpoError('[study] needs a name, e.g. name = "twin"')
     settings = TrainSettings(**{k: _int(f"[train] {k}", v) for k, v in train.items()})
@@ -217,6 +228,8 @@ def _check_settings(spec: StudySpec) -> None:
         raise HpoError(f"folds must be between 2 and train_pairs ({t.train_pairs}); got {t.folds}")
     if t.epochs < 1:
         raise HpoError(f"epochs must be at least 1; got {t.epochs}")
+    if t.final_epochs is not None and t.final_epochs < 1:
+        raise HpoError(f"final_epochs must be at least 1; got {t.final_epochs}")
     if t.batch_size < 1:
         raise HpoError(f"batch_size must be at least 1; got {t.batch_size}")
     if spec.sampler == "grid":

@@ -1,5 +1,6 @@
-"""Random translation of training images: 2,000 labelled digits are few, and shifted copies
-teach the encoder that a digit is the same digit one pixel over."""
+"""Augmentation of training pairs: 2,000 labelled digits are few. Shifted copies teach the
+encoder that a digit is the same digit one pixel over; re-pairing shows the comparison new
+pairs of the same digits every epoch."""
 
 from __future__ import annotations
 
@@ -51,3 +52,16 @@ def random_rotate_scale(x: torch.Tensor, degrees: float, scale: float, gens: Seq
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return warped.view(k, n, c, h, w)
+
+
+def repair(index: torch.Tensor, gens: Sequence[torch.Generator]) -> torch.Tensor:
+    """New pairs from the digits of each member's rows: K x M x 2 indices into the N x 2 digits.
+
+    index (K x M) holds each member's training rows; their 2M digits are shuffled by gens[k]
+    and paired in order, so every digit still appears once an epoch. Index the digits of
+    `Pairs` flattened to 2N; the label of a new pair follows from its two classes.
+    """
+    k, m = index.shape
+    digits = torch.stack((2 * index, 2 * index + 1), dim=2).view(k, 2 * m)
+    perms = torch.stack([torch.randperm(2 * m, generator=g) for g in gens])
+    return digits.gather(1, perms).view(k, m, 2)

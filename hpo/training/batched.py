@@ -23,7 +23,7 @@ from hpo.kernels.dispatch import Kernels, choose
 from hpo.rng import generator
 from hpo.spec.registry import TrainConfig
 from hpo.training.adam import make_adam
-from hpo.training.augment import random_rotate_scale, random_shift
+from hpo.training.augment import random_rotate_scale, random_shift, repair
 from hpo.training.data import Pairs
 from hpo.training.model import TwinConfig, TwinNet
 
@@ -162,6 +162,7 @@ def train_members(
     shufflers = [generator(s, "shuffle") for s in seeds]
     shifters = [generator(s, "shift") for s in seeds]
     warpers = [generator(s, "warp") for s in seeds]
+    pairers = [generator(s, "repair") for s in seeds] if train_cfg.repair else None
     steps = train_cfg.epochs * -(-m // train_cfg.batch_size)
     step = 0
     drop_gen = generator(*seeds, "dropout", device=device)
@@ -172,16 +173,19 @@ def train_members(
         model.train()
         perms = torch.stack([torch.randperm(m, generator=g) for g in shufflers])
         order = train_index.gather(1, perms).to(device)
+        digit_order = None if pairers is None else repair(order.cpu(), pairers).to(device)
         total = torch.zeros((), device=device)
         for lo in range(0, m, train_cfg.batch_size):
-            idx = order[:, lo : lo + train_cfg.batch_size]
-            inputs = random_rotate_scale(train.inputs[idx], train_cfg.rotate, train_cfg.scale, warpers)
+            batch = slice(lo, lo + train_cfg.batch_size)
+            digits_in = None if digit_order is None else digit_order[:, batch]
+            inputs, targets, classes = _batch(train, order[:, batch], digits_in)
+            inputs = random_rotate_scale(inputs, train_cfg.rotate, train_cfg.scale, warpers)
             inputs = random_shift(inputs, train_cfg.shift, shifters)
             optimiser.param_groups[0]["lr"] = learning_rate(train_cfg, step, steps)
             step += 1
             with _autocast(mode, device):
                 answer, digits = model(inputs, drop_gen)
-            loss = _loss(answer.float(), digits.float(), train.targets[idx], train.classes[idx], train_cfg.aux_weight)
+            loss = _loss(answer.float(), digits.float(), targets, classes, train_cfg.aux_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -204,6 +208,18 @@ def train_members(
         n_params=model.parameters_per_member(),
         model=model,
     )
+
+
+def _batch(
+    train: Pairs, idx: torch.Tensor, digits: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch's inputs, targets and classes: the rows `idx`, or with re-pairing the digits
+    `digits` (K x B x 2 indices into the 2N digits), labelled from their classes."""
+    if digits is None:
+        return train.inputs[idx], train.targets[idx], train.classes[idx]
+    classes = train.classes.reshape(-1)[digits]
+    inputs = train.inputs.reshape(-1, *train.inputs.shape[2:])[digits]
+    return inputs, (classes[..., 0] <= classes[..., 1]).long(), classes
 
 
 def _loss(
