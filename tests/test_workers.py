@@ -486,6 +486,29 @@ def test_worker_drops_a_trial_another_worker_failed_as_stale_and_goes_on(tmp_pat
     assert ran == [0, 1, 2, 3]
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_worker_drops_a_trial_failed_as_stale_between_tells_read_and_its_write(tmp_path, monkeypatch) -> None:
+    """The race chaos.py found: a worker resumed from SIGSTOP tells a trial that another
+    worker fails after `tell` has read it as running; the write then refuses."""
+    study, storage = _lost_trial_study(tmp_path)
+    write = storage.set_trial_state_values
+    raced: list[int] = []
+
+    def racing(trial_id: int, state: TrialState, values=None) -> bool:
+        if state == TrialState.COMPLETE and not raced:  # the other worker's write lands first
+            raced.append(trial_id)
+            write(trial_id, state=TrialState.FAIL)
+            RetryHeartbeatStaleTrialCallback(max_retry=2)(study, storage.get_trial(trial_id))
+        return write(trial_id, state, values)
+
+    monkeypatch.setattr(storage, "set_trial_state_values", racing)
+    run_until(study, lambda trial: trial.suggest_float("x", 0.0, 1.0), target=3)
+    trials = study.get_trials()
+    assert raced == [trials[0]._trial_id]
+    assert [t.state for t in trials] == [TrialState.FAIL, *[TrialState.COMPLETE] * 3]
+    assert trials[1].params == trials[0].params  # the retry the other worker queued ran
+
+
 def test_an_objective_error_is_not_mistaken_for_a_lost_trial(tmp_path) -> None:
     study, _ = _lost_trial_study(tmp_path)
 

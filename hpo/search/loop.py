@@ -154,9 +154,14 @@ def _tell(study: optuna.Study, trial: optuna.Trial, values: Any, state: TrialSta
 
     A heartbeat can arrive late (a reader held the SQLite lock, the machine stalled) and a
     second worker then fails the trial as stale and queues its retry: this worker drops its
-    result and goes on, and the retry runs instead.
+    result and goes on, and the retry runs instead. `skip_if_finished` covers a trial failed
+    before `tell` reads it; the error covers one failed between that read and the write (seen
+    under chaos.py: a worker resumed from SIGSTOP while another failed its trial).
     """
-    frozen = study.tell(trial, None if state != TrialState.COMPLETE else values, state=state, skip_if_finished=True)
+    try:
+        frozen = study.tell(trial, None if state != TrialState.COMPLETE else values, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        frozen = study._storage.get_trial(trial._trial_id)
     if frozen.state != state and frozen.state == TrialState.FAIL:
         _log.warning(
             "trial %d was failed by another worker that found its heartbeat late; "
