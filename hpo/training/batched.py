@@ -24,7 +24,7 @@ from hpo.rng import generator
 from hpo.spec.registry import TrainConfig
 from hpo.training.adam import make_adam
 from hpo.training.augment import random_rotate_scale, random_shift, repair
-from hpo.training.data import Pairs
+from hpo.training.data import Pairs, pair_targets
 from hpo.training.model import TwinConfig, TwinNet
 
 __all__ = [
@@ -172,8 +172,9 @@ def train_members(
     for epoch in range(1, train_cfg.epochs + 1):
         model.train()
         perms = torch.stack([torch.randperm(m, generator=g) for g in shufflers])
-        order = train_index.gather(1, perms).to(device)
-        digit_order = None if pairers is None else repair(order.cpu(), pairers).to(device)
+        rows = train_index.gather(1, perms)
+        order = rows.to(device)
+        digit_order = None if pairers is None else repair(rows, pairers).to(device)
         total = torch.zeros((), device=device)
         for lo in range(0, m, train_cfg.batch_size):
             batch = slice(lo, lo + train_cfg.batch_size)
@@ -219,7 +220,7 @@ def _batch(
         return train.inputs[idx], train.targets[idx], train.classes[idx]
     classes = train.classes.reshape(-1)[digits]
     inputs = train.inputs.reshape(-1, *train.inputs.shape[2:])[digits]
-    return inputs, (classes[..., 0] <= classes[..., 1]).long(), classes
+    return inputs, pair_targets(classes), classes
 
 
 def _loss(

@@ -72,6 +72,11 @@ class Pairs:
         return Pairs(self.inputs.to(device), self.targets.to(device), self.classes.to(device))
 
 
+def pair_targets(classes: torch.Tensor) -> torch.Tensor:
+    """The task's label of each pair (... x 2 classes): 1 when the first digit is <= the second."""
+    return (classes[..., 0] <= classes[..., 1]).long()
+
+
 def make_pairs(digits: Digits, n: int, gen: torch.Generator) -> Pairs:
     """The reference protocol: one permutation, its first 2n images viewed as n x 2."""
     if 2 * n > digits.labels.shape[0]:
@@ -81,8 +86,7 @@ def make_pairs(digits: Digits, n: int, gen: torch.Generator) -> Pairs:
     images = digits.images[index.reshape(-1)].to(torch.float32).unsqueeze(1)
     pooled = F.avg_pool2d(images, kernel_size=2).view(n, 2, 14, 14)
     classes = digits.labels[index].long()
-    targets = (classes[:, 0] <= classes[:, 1]).long()
-    return Pairs(inputs=pooled, targets=targets, classes=classes)
+    return Pairs(inputs=pooled, targets=pair_targets(classes), classes=classes)
 
 
 def standardise(train: Pairs, *others: Pairs) -> tuple[Pairs, ...]:
