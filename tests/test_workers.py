@@ -568,6 +568,33 @@ def test_a_stop_signal_waits_until_a_database_drivers_call_returns() -> None:
     assert stopped.value.signum == signal.SIGTERM and guard.signum == signal.SIGTERM
 
 
+def test_a_stop_signal_waits_until_numba_has_compiled_a_kernel(recwarn) -> None:
+    """Raised inside numba's compiler, a stop left llvmlite objects half-built whose finalisers printed tracebacks."""
+    import numba
+    from numba.core import event
+
+    class SignalOnCompile(event.Listener):
+        def on_start(self, ev: event.Event) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside numba's compiler
+
+        def on_end(self, ev: event.Event) -> None:
+            pass
+
+    @numba.njit(cache=False)
+    def kernel(x: float) -> float:  # a fresh function: calling it compiles it
+        return x * 2.0 + 1.0
+
+    guard, results = SignalGuard(), []
+    with guard.installed(), guard.objective_running(), pytest.raises(Interrupted) as stopped:
+        with event.install_listener("numba:compile", SignalOnCompile()):
+            results.append(kernel(1.5))
+        for _ in range(200):  # back in our code: the signal, sent again, raises here within 10 ms
+            time.sleep(0.01)
+    assert results == [4.0], "the compile ran to its end and the kernel ran"
+    assert stopped.value.signum == signal.SIGTERM
+    assert not [w for w in recwarn if issubclass(w.category, pytest.PytestUnraisableExceptionWarning)]
+
+
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_a_stop_that_a_library_error_wraps_still_fails_the_trial_for_its_retry(tmp_path) -> None:
     study, _ = _lost_trial_study(tmp_path)

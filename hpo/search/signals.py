@@ -27,18 +27,20 @@ class Interrupted(KeyboardInterrupt):
 
 
 # Code a stop must not break into: an exception raised half-way through a database driver's
-# call leaves its connection mid-protocol, and the driver's error that follows hides the stop.
-_DRIVERS = ("sqlalchemy", "psycopg", "psycopg2", "sqlite3", "optuna.storages")
+# call leaves its connection mid-protocol, and the driver's error that follows hides the stop;
+# one raised inside numba's compiler leaves llvmlite objects half-built, whose finalisers then
+# print tracebacks (CI saw one when Ctrl-C landed while a kernel compiled).
+_UNINTERRUPTIBLE = ("sqlalchemy", "psycopg", "psycopg2", "sqlite3", "optuna.storages", "numba", "llvmlite")
 RESEND_SECONDS = 0.01
 
 
-def in_driver(frame: FrameType | None) -> bool:
-    """Whether the innermost code of ours or a driver's that `frame` is running is a driver's."""
+def in_uninterruptible(frame: FrameType | None) -> bool:
+    """Whether the innermost code of ours or of a library above that `frame` runs is the library's."""
     while frame is not None:
         module = frame.f_globals.get("__name__", "")
         if module == "hpo" or module.startswith("hpo."):
             return False
-        if any(module == d or module.startswith(d + ".") for d in _DRIVERS):
+        if any(module == d or module.startswith(d + ".") for d in _UNINTERRUPTIBLE):
             return True
         frame = frame.f_back
     return False
@@ -50,8 +52,8 @@ def send_again(signum: int) -> None:
 
 
 def raise_when_safe(signum: int, frame: FrameType | None) -> None:
-    """Raise Interrupted now, or, inside a driver's call, send the signal again 10 ms later."""
-    if in_driver(frame):
+    """Raise Interrupted now, or, inside a driver's or compiler's call, send the signal again 10 ms later."""
+    if in_uninterruptible(frame):
         send_again(signum)
         return
     raise Interrupted(signum)
