@@ -157,6 +157,7 @@ def test_evaluate_ensemble_trains_the_selected_members(tmp_path: Path, sqlite_ur
     (row,) = list_studies(sqlite_url)
     assert row.ensemble.startswith(f"{100 * result.evaluation.mean:.2f} ± ")
     assert all(f"#{m['trial']} x{m['weight']}" in row.ensemble for m in record["members"])
+    assert "weighted" in row.ensemble, "the default mode: a trial picked twice is one network counted twice"
     page = build_report(study)
     assert "Ensemble of the leaders on test pairs" in page and f"{100 * result.evaluation.mean:.2f} ±" in page
     with pytest.raises(HpoError, match="leave out --trial"):
@@ -170,6 +171,56 @@ def test_evaluate_ensemble_refuses_a_study_of_fresh_pairs(tmp_path: Path, sqlite
     )
     with pytest.raises(HpoError, match="no out-of-fold predictions"):
         app.evaluate(app.EvaluateOptions(study="tiny", storage=sqlite_url, data_dir=mnist_dir, ensemble=2))
+
+
+def test_a_trial_picked_twice_is_one_network_weighted_or_two_networks_retrained(
+    tmp_path: Path, sqlite_url: str, mnist_dir: Path
+) -> None:
+    from hpo.app.ensemble import members_for
+    from hpo.training.ensemble import train_and_test_ensemble, train_member
+    from hpo.training.rounds import round_pairs
+
+    options = app.OptimizeOptions(trials=1, spec=tiny_spec(tmp_path), storage=sqlite_url, data_dir=mnist_dir, confirm=0)
+    study = app.optimize(options, app.Silent()).study
+    weighted = members_for(study, [0, 0], "weighted", None)
+    retrained = members_for(study, [0, 0], "retrain", None)
+    assert [(m.trial, m.copy, m.weight) for m in weighted] == [(0, 0, 2)]
+    assert [(m.trial, m.copy, m.weight) for m in retrained] == [(0, 0, 1), (0, 1, 1)]
+    data = round_pairs(mnist_dir, 2, 200, 0)
+    first, second = (train_member(m, data, seed=0) for m in retrained)
+    assert not torch.equal(first.probabilities, second.probabilities), "two copies are two networks"
+    _, alone = train_and_test_ensemble(weighted, data, seed=0)
+    assert alone[0].accuracies == first.alone.accuracies, "a copy trains the same in any ensemble"
+    together, _ = train_and_test_ensemble(retrained, data, seed=0)
+    mean = (first.probabilities + second.probabilities) / 2
+    expected = ((mean >= 0.5).long() == data.test.targets[data.test_index]).float().mean(1).tolist()
+    assert together.accuracies == pytest.approx(expected)
+
+
+def test_evaluate_ensemble_of_seeds_trains_the_recommended_trial_k_times_without_selection(
+    tmp_path: Path, sqlite_url: str, mnist_dir: Path
+) -> None:
+    spec = tiny_spec(tmp_path, "fresh")  # no out-of-fold predictions: selection could not run
+    app.optimize(
+        app.OptimizeOptions(trials=2, spec=spec, storage=sqlite_url, data_dir=mnist_dir, confirm=0), app.Silent()
+    )
+    study = optuna.load_study(study_name="tiny", storage=sqlite_url)
+    recommended = pick_trial(study, None, "confirmed").number
+    options = app.EvaluateOptions(
+        study="tiny", storage=sqlite_url, data_dir=mnist_dir, rounds=2, pairs=200, ensemble=3, ensemble_mode="seeds"
+    )
+    result = app.evaluate(options)
+    record = result.record
+    assert record["mode"] == "seeds" and record["picks"] == [recommended] * 3 and "oof_accuracy" not in record
+    assert [(m["trial"], m["copy"], m["weight"]) for m in record["members"]] == [(recommended, c, 1) for c in range(3)]
+    (row,) = list_studies(sqlite_url)
+    assert f"(3 seeds: #{recommended} x3)" in row.ensemble
+    page = build_report(optuna.load_study(study_name="tiny", storage=sqlite_url))
+    assert "3 the recommended trial, trained" in page
+    with pytest.raises(HpoError, match="unknown ensemble mode 'mean'"):
+        app.evaluate(
+            app.EvaluateOptions(study="tiny", storage=sqlite_url, data_dir=mnist_dir, ensemble=2, ensemble_mode="mean")
+        )
 
 
 def _trial(value: float, folds: list[float], n_params: int) -> optuna.trial.FrozenTrial:

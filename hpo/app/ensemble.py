@@ -1,30 +1,70 @@
 """`hpo evaluate --ensemble K`: greedy ensemble selection over a study's trials, tested on evaluation rounds.
 
 Selection reads the trials' stored out-of-fold predictions (hpo.readers.ensemble); each chosen
-configuration then trains on every round's pairs and the members' probabilities are averaged,
-weighted by how often selection chose them (hpo.training.ensemble).
+configuration then trains on every round's pairs and the members' probabilities are averaged
+(hpo.training.ensemble). Selection picks with replacement, and the mode says what a trial picked
+twice becomes: one network counted twice (weighted), or two networks from different seeds
+(retrain); `seeds` skips selection and trains the recommended trial K times.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import HpoError
 from hpo.readers.ensemble import ENSEMBLE_KEY, select_for
-from hpo.readers.results import is_multi_objective, load_existing_study, recipe
+from hpo.readers.results import is_multi_objective, load_existing_study, pick_trial, recipe
 
 if TYPE_CHECKING:
+    import optuna
+
     from hpo.app.evaluating import EpochEvents, EvaluateOptions, EvaluateResult
+    from hpo.training.ensemble import Member
+
+ENSEMBLE_MODES = ("weighted", "retrain", "seeds")
+
+
+def picks_for(study: optuna.Study, k: int, mode: str, rule: str) -> tuple[list[int], dict[str, Any]]:
+    """The K trials an ensemble trains (with repeats), and what selection scored out of fold."""
+    if mode not in ENSEMBLE_MODES:
+        raise HpoError(f"unknown ensemble mode '{mode}'; choose one of {', '.join(ENSEMBLE_MODES)}")
+    if k < 1:
+        raise HpoError(f"--ensemble must be at least 1; got {k}")
+    if mode == "seeds":
+        return [pick_trial(study, None, rule).number] * k, {}
+    selection = select_for(study, k)
+    return selection.picks, {"oof_accuracy": selection.accuracy, "oof_log_loss": selection.log_loss}
+
+
+def members_for(
+    study: optuna.Study, picks: list[int], mode: str, epochs: int | None, copies_from: int = 0
+) -> list[Member]:
+    """The networks to train: a trial picked w times once with weight w (weighted), else w times."""
+    from hpo.app.evaluating import recorded_kernels
+    from hpo.training.ensemble import Member
+
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    members = []
+    for number, weight in Counter(picks).most_common():
+        how = recipe(trials[number])
+        shared = (number, how.params, epochs or how.settings.test_epochs, how.settings.batch_size)
+        kernels = recorded_kernels(how.kernels)
+        if mode == "weighted":
+            members.append(Member(*shared, weight, kernels, copy=copies_from))
+        else:
+            members += [Member(*shared, 1, kernels, copy=copies_from + c) for c in range(weight)]
+    return members
 
 
 def evaluate_ensemble(o: EvaluateOptions, events: EpochEvents | None = None) -> EvaluateResult:
     """Select o.ensemble members of o.study, train them on o.rounds rounds, test their averaged probabilities."""
     import torch
 
-    from hpo.app.evaluating import EvaluateResult, recorded_kernels
+    from hpo.app.evaluating import EvaluateResult
     from hpo.training.batched import resolve_device, resolve_precision
     from hpo.training.data import resolve_data_dir
-    from hpo.training.ensemble import Member, train_and_test_ensemble
+    from hpo.training.ensemble import train_and_test_ensemble
     from hpo.training.rounds import round_pairs
 
     if o.study is None:
@@ -34,15 +74,8 @@ def evaluate_ensemble(o: EvaluateOptions, events: EpochEvents | None = None) -> 
     study = load_existing_study(o.storage, o.study)
     if is_multi_objective(study):
         raise HpoError(f"study '{o.study}' has several objectives; --ensemble needs one")
-    selection = select_for(study, o.ensemble)
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    members = []
-    for number, weight in selection.weights.items():
-        how = recipe(trials[number])
-        epochs = o.epochs or how.settings.test_epochs
-        members.append(
-            Member(number, how.params, epochs, how.settings.batch_size, weight, recorded_kernels(how.kernels))
-        )
+    picks, scored = picks_for(study, o.ensemble, o.ensemble_mode, o.pick)
+    members = members_for(study, picks, o.ensemble_mode, o.epochs)
     if o.threads:
         torch.set_num_threads(o.threads)
     device = resolve_device(o.device)
@@ -61,16 +94,16 @@ def evaluate_ensemble(o: EvaluateOptions, events: EpochEvents | None = None) -> 
         "study": o.study,
         **result.to_dict(),
         "ensemble": o.ensemble,
-        "picks": selection.picks,
-        "oof_accuracy": selection.accuracy,
-        "oof_log_loss": selection.log_loss,
+        "mode": o.ensemble_mode,
+        "picks": picks,
+        **scored,
         "members": [
-            {"trial": m.trial, "weight": m.weight, "mean": e.mean, "std": e.std, "n_params": e.n_params}
+            {"trial": m.trial, "copy": m.copy, "weight": m.weight, "mean": e.mean, "std": e.std, "n_params": e.n_params}
             for m, e in zip(members, alone, strict=True)
         ],
     }
     study.set_user_attr(ENSEMBLE_KEY, record)
-    chosen = ", ".join(f"#{m.trial} x{m.weight}" for m in members)
-    label = f"ensemble of {o.ensemble} (trials {chosen}) of study '{o.study}'"
-    params = {f"#{m.trial}": m.weight for m in members}
+    params = {f"#{number}": count for number, count in Counter(picks).most_common()}
+    chosen = ", ".join(f"{name} x{count}" for name, count in params.items())
+    label = f"ensemble of {o.ensemble} ({o.ensemble_mode}: trials {chosen}) of study '{o.study}'"
     return EvaluateResult(label, params, result, record, list(zip(members, alone, strict=True)))

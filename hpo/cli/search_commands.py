@@ -237,6 +237,13 @@ def evaluate(
             help="Test an ensemble of K members picked by greedy selection on the trials' out-of-fold predictions."
         ),
     ] = 0,
+    ensemble_mode: Annotated[
+        str,
+        typer.Option(
+            help="What a trial selection picked twice becomes: weighted (one network counted twice), retrain "
+            "(two networks from different seeds); seeds: the recommended trial trained K times, no selection."
+        ),
+    ] = "weighted",
 ) -> None:
     """Test a configuration on unseen pairs over --rounds rounds, as the published tables report it."""
     import json
@@ -256,6 +263,7 @@ def evaluate(
         precision=precision,
         pick=pick,
         ensemble=ensemble,
+        ensemble_mode=ensemble_mode,
     )
     result = checked(lambda: app.evaluate(options, console.EpochProgress()))
     if as_json:
@@ -264,5 +272,6 @@ def evaluate(
         console.print_evaluation(result.label, result.params, result.evaluation)
         for member, alone in result.members:
             console.say(
-                f"member #{member.trial} (weight {member.weight}) alone: {100 * alone.mean:.2f} ± {100 * alone.std:.2f}"
+                f"member #{member.trial} (copy {member.copy}, weight {member.weight}) alone: "
+                f"{100 * alone.mean:.2f} ± {100 * alone.std:.2f}"
             )

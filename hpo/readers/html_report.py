@@ -241,7 +241,7 @@ def _evaluation_section(ev: dict[str, Any]) -> Section:
     accs = ev.get("accuracies", [])
     rows = [
         ("trial", f"#{ev.get('trial')}"),
-        ("test accuracy", f"{100 * ev['mean']:.2f} ± {100 * ev['std']:.2f} % over {ev['rounds']} rounds"),
+        ("test accuracy", f"{_percent(ev)} % over {ev['rounds']} rounds"),
         ("digit (auxiliary) accuracy", f"{100 * ev.get('digit_accuracy', float('nan')):.2f} %"),
         ("parameters", f"{ev.get('n_params', '')}"),
         (
@@ -255,22 +255,26 @@ def _evaluation_section(ev: dict[str, Any]) -> Section:
     return "Evaluation on test pairs", _table(["", ""], rows, header=False) + _figure(fig)
 
 
+def _percent(ev: dict[str, Any]) -> str:
+    return f"{100 * ev['mean']:.2f} ± {100 * ev['std']:.2f}"
+
+
 def _ensemble_section(ev: dict[str, Any]) -> Section:
     """`hpo evaluate --ensemble K`: the averaged members' test accuracy beside each member's alone."""
-    rows = [
-        ("members chosen", f"{ev.get('ensemble')} by greedy selection: trials {ev.get('picks')}"),
-        (
-            "out-of-fold on the study's pairs",
-            f"accuracy {ev.get('oof_accuracy', float('nan')):.4f}, log loss {ev.get('oof_log_loss', float('nan')):.4f}",
-        ),
-        ("test accuracy", f"{100 * ev['mean']:.2f} ± {100 * ev['std']:.2f} % over {ev['rounds']} rounds"),
+    mode = ev.get("mode", "weighted")
+    how = "the recommended trial, trained" if mode == "seeds" else f"by greedy selection ({mode})"
+    rows = [("members chosen", f"{ev.get('ensemble')} {how}: trials {ev.get('picks')}")]
+    if "oof_accuracy" in ev:
+        scored = f"accuracy {ev['oof_accuracy']:.4f}, log loss {ev.get('oof_log_loss', float('nan')):.4f}"
+        rows.append(("out-of-fold on the study's pairs", scored))
+    rows += [
+        ("test accuracy", f"{_percent(ev)} % over {ev['rounds']} rounds"),
         ("pairs per round, seed", f"{ev.get('pairs')}, {ev.get('seed')}"),
     ]
     members = [
-        (f"#{m['trial']}", m["weight"], f"{100 * m['mean']:.2f} ± {100 * m['std']:.2f}", m["n_params"])
-        for m in ev.get("members", [])
+        (f"#{m['trial']}", m.get("copy", 0), m["weight"], _percent(m), m["n_params"]) for m in ev.get("members", [])
     ]
-    table = _table(["trial", "weight", "test accuracy alone (%)", "parameters"], members)
+    table = _table(["trial", "copy", "weight", "test accuracy alone (%)", "parameters"], members)
     return "Ensemble of the leaders on test pairs", _table(["", ""], rows, header=False) + table
 
 

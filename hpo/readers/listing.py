@@ -5,6 +5,7 @@ No torch here: these commands start fast and run where no training could.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,13 @@ def list_studies(url: str) -> list[StudyRow]:
 
 
 def ensemble_line(attrs: dict[str, Any]) -> str:
-    """'98.75 ± 0.30 (5: #141 x3, #140 x2)' from the study's last ensemble test, or '-'."""
+    """'98.75 ± 0.30 (5 weighted: #141 x3, #140 x2)' from the study's last ensemble test, or '-'."""
     ev = attrs.get(ENSEMBLE_KEY)
     if not ev:
         return "-"
-    members = ", ".join(f"#{m['trial']} x{m['weight']}" for m in ev.get("members", []))
-    return f"{100 * ev['mean']:.2f} ± {100 * ev['std']:.2f} ({ev.get('ensemble')}: {members})"
+    members = ", ".join(f"#{trial} x{count}" for trial, count in Counter(ev.get("picks", [])).most_common())
+    mode = ev.get("mode", "weighted")
+    return f"{100 * ev['mean']:.2f} ± {100 * ev['std']:.2f} ({ev.get('ensemble')} {mode}: {members})"
 
 
 def report(study_name: str, url: str, out: Path) -> optuna.Study:

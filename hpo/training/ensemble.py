@@ -45,7 +45,11 @@ def out_of_fold(model: TwinNet, pairs: Pairs, folds: Folds) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Member:
-    """One configuration of the ensemble and its weight (how often greedy selection chose it)."""
+    """One configuration of the ensemble, which copy of it this is, and its weight.
+
+    Copy c of trial t starts every round from seeds of its own (t, c), so a configuration trained
+    twice gives two different networks, and a copy trains the same in any ensemble it is part of.
+    """
 
     trial: int
     params: dict[str, Any]
@@ -53,6 +57,54 @@ class Member:
     batch_size: int
     weight: int
     kernels: Any = None  # the trial's recorded Kernels (hpo.kernels.dispatch); None: the dispatch's
+    copy: int = 0
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A member's test probabilities (rounds x test pairs) and its evaluation alone."""
+
+    member: Member
+    probabilities: torch.Tensor
+    alone: Evaluation
+
+
+def train_member(
+    member: Member, data: RoundPairs, seed: int, device: torch.device | str = "cpu", precision: str = "float32"
+) -> Trained:
+    """Train one member on every round's pairs and predict that round's test pairs."""
+    rounds, n = data.train_index.shape
+    model_cfg, train_cfg = configs(member.params, member.epochs, member.batch_size)
+    copy = ("trial", member.trial, "copy", member.copy)
+    seeds = [derive_seed(seed, "evaluate", r, "init", *copy) for r in range(rounds)]
+    result = train_members(
+        model_cfg,
+        train_cfg,
+        data.train,
+        data.train_index,
+        data.test,
+        data.test_index,
+        seeds,
+        device,
+        precision=precision,
+        validate_every_epoch=False,
+        kernels=member.kernels,
+    )
+    probabilities = member_probabilities(result.model, data.test.to(device), data.test_index)
+    solo = _evaluation(result.accuracies, result.digit_accuracies, result.n_params, result.seconds, seed, n)
+    return Trained(member, probabilities, replace(solo, epochs=member.epochs, trial=member.trial))
+
+
+def combine(trained: Sequence[Trained], data: RoundPairs, seed: int, seconds: float) -> Evaluation:
+    """The members' probabilities averaged by weight, round by round, and tested."""
+    total = sum(t.member.weight * t.probabilities for t in trained)
+    weights = sum(t.member.weight for t in trained)
+    targets = data.test.targets[data.test_index]
+    accuracies = ((total / weights >= 0.5).long() == targets).float().mean(1).tolist()
+    n_params = sum(t.alone.n_params for t in trained)
+    digit = [statistics.fmean(d) for d in zip(*(t.alone.digit_accuracies for t in trained), strict=True)]
+    ensemble = _evaluation(accuracies, digit, n_params, seconds, seed, data.test_index.shape[1])
+    return replace(ensemble, epochs=max(t.member.epochs for t in trained))
 
 
 def train_and_test_ensemble(
@@ -63,41 +115,14 @@ def train_and_test_ensemble(
     precision: str = "float32",
     on_member: Callable[[int], None] | None = None,
 ) -> tuple[Evaluation, list[Evaluation]]:
-    """The weighted mean of the members' test probabilities, round by round; and each member alone.
-
-    Member i's round r starts from its own seed, so two members of one configuration would differ.
-    """
-    rounds, n = data.train_index.shape
+    """The weighted mean of the members' test probabilities, round by round; and each member alone."""
     start = time.perf_counter()
-    total = torch.zeros(rounds, n)
-    alone = []
+    trained = []
     for i, member in enumerate(members):
-        model_cfg, train_cfg = configs(member.params, member.epochs, member.batch_size)
-        seeds = [derive_seed(seed, "evaluate", r, "init", "member", i) for r in range(rounds)]
-        result = train_members(
-            model_cfg,
-            train_cfg,
-            data.train,
-            data.train_index,
-            data.test,
-            data.test_index,
-            seeds,
-            device,
-            precision=precision,
-            validate_every_epoch=False,
-            kernels=member.kernels,
-        )
-        total += member.weight * member_probabilities(result.model, data.test.to(device), data.test_index)
-        solo = _evaluation(result.accuracies, result.digit_accuracies, result.n_params, result.seconds, seed, n)
-        alone.append(replace(solo, epochs=member.epochs, trial=member.trial))
+        trained.append(train_member(member, data, seed, device, precision))
         if on_member is not None:
             on_member(i + 1)
-    targets = data.test.targets[data.test_index]
-    accuracies = ((total / sum(m.weight for m in members) >= 0.5).long() == targets).float().mean(1).tolist()
-    n_params = sum(e.n_params for e in alone)
-    digit = [statistics.fmean(d) for d in zip(*(e.digit_accuracies for e in alone), strict=True)]
-    ensemble = _evaluation(accuracies, digit, n_params, time.perf_counter() - start, seed, n)
-    return replace(ensemble, epochs=max(m.epochs for m in members)), alone
+    return combine(trained, data, seed, time.perf_counter() - start), [t.alone for t in trained]
 
 
 def _evaluation(
