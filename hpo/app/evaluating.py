@@ -40,7 +40,7 @@ class EvaluateOptions:
     precision: str = "float32"
     pick: str = DEFAULT_RULE  # how the recommended trial is chosen (hpo.readers.results.RULES)
     ensemble: int = 0  # K > 0: greedy ensemble selection of K members instead of one trial (hpo.app.ensemble)
-    ensemble_mode: str = "weighted"  # what a trial picked twice becomes (hpo.app.ensemble.ENSEMBLE_MODES)
+    ensemble_mode: str = "retrain"  # what a trial picked twice becomes (hpo.app.ensemble.ENSEMBLE_MODES)
 
 
 class EpochEvents(Protocol):

@@ -240,10 +240,10 @@ def evaluate(
     ensemble_mode: Annotated[
         str,
         typer.Option(
-            help="What a trial selection picked twice becomes: weighted (one network counted twice), retrain "
-            "(two networks from different seeds); seeds: the recommended trial trained K times, no selection."
+            help="What a trial selection picked twice becomes: retrain (two networks from different seeds) or "
+            "weighted (one network counted twice); seeds: the recommended trial trained K times, no selection."
         ),
-    ] = "weighted",
+    ] = "retrain",
 ) -> None:
     """Test a configuration on unseen pairs over --rounds rounds, as the published tables report it."""
     import json
