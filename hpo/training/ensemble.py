@@ -18,10 +18,10 @@ import torch
 
 from hpo.rng import derive_seed
 from hpo.spec.registry import configs
-from hpo.training.batched import EVAL_CHUNK, train_members
+from hpo.training.batched import EVAL_CHUNK
 from hpo.training.data import Folds, Pairs
 from hpo.training.model import TwinNet
-from hpo.training.rounds import Evaluation, RoundPairs
+from hpo.training.rounds import Evaluation, RoundPairs, train_rounds
 
 
 @torch.inference_mode()
@@ -77,19 +77,7 @@ def train_member(
     model_cfg, train_cfg = configs(member.params, member.epochs, member.batch_size)
     copy = ("trial", member.trial, "copy", member.copy)
     seeds = [derive_seed(seed, "evaluate", r, "init", *copy) for r in range(rounds)]
-    result = train_members(
-        model_cfg,
-        train_cfg,
-        data.train,
-        data.train_index,
-        data.test,
-        data.test_index,
-        seeds,
-        device,
-        precision=precision,
-        validate_every_epoch=False,
-        kernels=member.kernels,
-    )
+    result = train_rounds(model_cfg, train_cfg, data, seeds, device, precision, member.kernels)
     probabilities = member_probabilities(result.model, data.test.to(device), data.test_index)
     solo = _evaluation(result.accuracies, result.digit_accuracies, result.n_params, result.seconds, seed, n)
     return Trained(member, probabilities, replace(solo, epochs=member.epochs, trial=member.trial))

@@ -9,6 +9,7 @@ so the time per training is the total divided by R: an amortised figure, not a s
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,33 @@ def _concat(parts: list[Pairs]) -> Pairs:
     )
 
 
+def train_rounds(
+    model_cfg: TwinConfig,
+    train_cfg: TrainConfig,
+    data: RoundPairs,
+    seeds: list[int],
+    device: torch.device | str,
+    precision: str,
+    kernels: Kernels | None,
+    on_trained: Callable[[int], None] | None = None,
+) -> Any:
+    """One member per round, trained on the round's training pairs and scored once on its test pairs."""
+    return train_members(
+        model_cfg,
+        train_cfg,
+        data.train,
+        data.train_index,
+        data.test,
+        data.test_index,
+        seeds,
+        device,
+        precision=precision,
+        validate_every_epoch=False,
+        kernels=kernels,
+        on_trained=on_trained,
+    )
+
+
 def train_and_test(
     model_cfg: TwinConfig,
     train_cfg: TrainConfig,
@@ -118,20 +146,8 @@ def train_and_test(
     """
     rounds, n = data.train_index.shape
     seeds = [derive_seed(seed, "evaluate", r, "init") for r in range(rounds)]
-    result = train_members(
-        model_cfg,
-        train_cfg,
-        data.train,
-        data.train_index,
-        data.test,
-        data.test_index,
-        seeds,
-        device,
-        precision=precision,
-        validate_every_epoch=False,
-        kernels=kernels,
-        on_trained=None if on_epoch is None else lambda epoch: on_epoch(epoch, []),
-    )
+    hook = None if on_epoch is None else lambda epoch: on_epoch(epoch, [])
+    result = train_rounds(model_cfg, train_cfg, data, seeds, device, precision, kernels, hook)
     return Evaluation(
         rounds=rounds,
         seed=seed,
