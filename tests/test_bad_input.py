@@ -129,3 +129,11 @@ def test_bad_data_is_refused_before_the_pool_starts_or_the_study_exists(
     )
     assert re.search(message, line), line
     assert not db.exists()
+
+
+def test_an_unknown_ensemble_mode_fails_before_the_study_is_read(cli, tmp_path) -> None:
+    db = tmp_path / "never.db"
+    args = ["evaluate", "--study", "twin", "--ensemble", "5", "--ensemble-mode", "mean"]
+    line = one_error_line(cli(*args, "--storage", f"sqlite:///{db}"))
+    assert line == "error: unknown ensemble mode 'mean'; choose one of weighted, retrain, seeds"
+    assert not db.exists()

@@ -9,11 +9,10 @@ twice becomes: one network counted twice (weighted), or two networks from differ
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from hpo.errors import HpoError
-from hpo.readers.ensemble import ENSEMBLE_KEY, select_for
+from hpo.readers.ensemble import ENSEMBLE_KEY, pick_counts, select_for
 from hpo.readers.results import is_multi_objective, load_existing_study, pick_trial, recipe
 
 if TYPE_CHECKING:
@@ -27,8 +26,6 @@ ENSEMBLE_MODES = ("weighted", "retrain", "seeds")
 
 def picks_for(study: optuna.Study, k: int, mode: str, rule: str) -> tuple[list[int], dict[str, Any]]:
     """The K trials an ensemble trains (with repeats), and what selection scored out of fold."""
-    if mode not in ENSEMBLE_MODES:
-        raise HpoError(f"unknown ensemble mode '{mode}'; choose one of {', '.join(ENSEMBLE_MODES)}")
     if k < 1:
         raise HpoError(f"--ensemble must be at least 1; got {k}")
     if mode == "seeds":
@@ -37,23 +34,21 @@ def picks_for(study: optuna.Study, k: int, mode: str, rule: str) -> tuple[list[i
     return selection.picks, {"oof_accuracy": selection.accuracy, "oof_log_loss": selection.log_loss}
 
 
-def members_for(
-    study: optuna.Study, picks: list[int], mode: str, epochs: int | None, copies_from: int = 0
-) -> list[Member]:
+def members_for(study: optuna.Study, picks: list[int], mode: str, epochs: int | None) -> list[Member]:
     """The networks to train: a trial picked w times once with weight w (weighted), else w times."""
     from hpo.app.evaluating import recorded_kernels
     from hpo.training.ensemble import Member
 
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     members = []
-    for number, weight in Counter(picks).most_common():
+    for number, weight in pick_counts(picks).items():
         how = recipe(trials[number])
         shared = (number, how.params, epochs or how.settings.test_epochs, how.settings.batch_size)
         kernels = recorded_kernels(how.kernels)
         if mode == "weighted":
-            members.append(Member(*shared, weight, kernels, copy=copies_from))
+            members.append(Member(*shared, weight, kernels))
         else:
-            members += [Member(*shared, 1, kernels, copy=copies_from + c) for c in range(weight)]
+            members += [Member(*shared, 1, kernels, copy=c) for c in range(weight)]
     return members
 
 
@@ -103,7 +98,7 @@ def evaluate_ensemble(o: EvaluateOptions, events: EpochEvents | None = None) -> 
         ],
     }
     study.set_user_attr(ENSEMBLE_KEY, record)
-    params = {f"#{number}": count for number, count in Counter(picks).most_common()}
+    params = {f"#{number}": count for number, count in pick_counts(picks).items()}
     chosen = ", ".join(f"{name} x{count}" for name, count in params.items())
     label = f"ensemble of {o.ensemble} ({o.ensemble_mode}: trials {chosen}) of study '{o.study}'"
     return EvaluateResult(label, params, result, record, list(zip(members, alone, strict=True)))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from hpo.app.ensemble import ENSEMBLE_MODES
 from hpo.errors import HpoError
 from hpo.readers.results import DEFAULT_RULE, load_existing_study, pick_trial
 from hpo.spec.study_spec import load_spec
@@ -79,6 +80,8 @@ def evaluate(options: EvaluateOptions, events: EpochEvents | None = None) -> Eva
     for flag, value in (("--rounds", o.rounds), ("--pairs", o.pairs), ("--epochs", o.epochs), ("--threads", o.threads)):
         if value is not None and value < 1:
             raise HpoError(f"{flag} must be at least 1; got {value}")
+    if o.ensemble_mode not in ENSEMBLE_MODES:
+        raise HpoError(f"unknown ensemble mode '{o.ensemble_mode}'; choose one of {', '.join(ENSEMBLE_MODES)}")
     resolve_device(o.device)
     precision = resolve_precision(o.precision)
     if o.ensemble:

@@ -55,8 +55,12 @@ class Selection:
 
     @property
     def weights(self) -> dict[int, int]:
-        """Trial number -> how many times it was chosen, most chosen first."""
-        return dict(Counter(self.picks).most_common())
+        return pick_counts(self.picks)
+
+
+def pick_counts(picks: Sequence[int]) -> dict[int, int]:
+    """Trial number -> how many times it was chosen, most chosen first."""
+    return dict(Counter(picks).most_common())
 
 
 def select(predictions: dict[int, np.ndarray], targets: np.ndarray, k: int) -> Selection:
@@ -96,8 +100,6 @@ def study_predictions(study: optuna.Study, library: int = LIBRARY) -> tuple[dict
 
 
 def select_for(study: optuna.Study, k: int) -> Selection:
-    """Greedy ensemble selection of k members among the study's leaders."""
-    if k < 1:
-        raise HpoError(f"--ensemble must be at least 1; got {k}")
+    """Greedy ensemble selection of k members among the study's leaders (k >= 1: hpo.app.ensemble checks)."""
     predictions, targets = study_predictions(study)
     return select(predictions, targets, k)

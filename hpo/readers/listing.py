@@ -5,7 +5,6 @@ No torch here: these commands start fast and run where no training could.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.errors import HpoError
-from hpo.readers.ensemble import ENSEMBLE_KEY
+from hpo.readers.ensemble import ENSEMBLE_KEY, pick_counts
 from hpo.readers.results import load_existing_study
 from hpo.spec.pin import PIN_KEY
 from hpo.store.connect import open_existing_storage
@@ -48,7 +47,7 @@ def ensemble_line(attrs: dict[str, Any]) -> str:
     ev = attrs.get(ENSEMBLE_KEY)
     if not ev:
         return "-"
-    members = ", ".join(f"#{trial} x{count}" for trial, count in Counter(ev.get("picks", [])).most_common())
+    members = ", ".join(f"#{trial} x{count}" for trial, count in pick_counts(ev.get("picks", [])).items())
     mode = ev.get("mode", "weighted")
     return f"{100 * ev['mean']:.2f} ± {100 * ev['std']:.2f} ({ev.get('ensemble')} {mode}: {members})"
 

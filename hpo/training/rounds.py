@@ -19,7 +19,7 @@ import torch
 from hpo.kernels.dispatch import Kernels
 from hpo.rng import derive_seed, generator
 from hpo.spec.registry import TrainConfig, TwinConfig
-from hpo.training.batched import EpochHook, train_members
+from hpo.training.batched import EpochHook, TrainResult, train_members
 from hpo.training.data import Pairs, load_mnist, make_pairs, standardise
 
 
@@ -106,7 +106,7 @@ def train_rounds(
     precision: str,
     kernels: Kernels | None,
     on_trained: Callable[[int], None] | None = None,
-) -> Any:
+) -> TrainResult:
     """One member per round, trained on the round's training pairs and scored once on its test pairs."""
     return train_members(
         model_cfg,
