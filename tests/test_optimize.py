@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -79,6 +80,26 @@ def test_median_pruner_prunes_clearly_bad_trials(cli, write_spec, sqlite_url, mn
     assert pruned, [(t.params, t.state) for t in trials]
     assert all(t.params["lr"] == 1e-7 for t in pruned), "only the hopeless learning rate is pruned"
     assert all(len(t.intermediate_values) < 4 for t in pruned)
+
+
+def test_quartile_pruner_stops_a_trial_the_median_pruner_lets_finish(write_spec, sqlite_url) -> None:
+    """Eight finished trials scored 0.1 to 0.8 at every epoch; a new one at 0.55 is above their
+    median (0.45) and below their top quarter (about 0.63): median lets it go on, quartile stops it."""
+    for pruner in ("median", "quartile"):
+        spec = replace(load_spec(write_spec(epochs=5)), name=pruner, pruner=pruner)
+        study = load_or_create(spec, open_storage(sqlite_url))
+        for score in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8):
+            trial = study.ask()
+            for epoch in range(1, 6):
+                trial.report(score, epoch)
+            study.tell(trial, score)
+        trial = study.ask()
+        verdicts = []
+        for epoch in range(1, 6):
+            trial.report(0.55, epoch)
+            verdicts.append(trial.should_prune())
+        assert verdicts[:2] == [False, False], "nothing is pruned before the third epoch"
+        assert verdicts[2:] == ([False] * 3 if pruner == "median" else [True] * 3), pruner
 
 
 def test_diverging_trial_is_pruned_with_its_reason_and_the_study_goes_on(write_spec, sqlite_url, mnist_dir) -> None:

@@ -52,7 +52,10 @@ def optimize(
     ] = None,
     pruner: Annotated[
         str | None,
-        typer.Option(help="median, hyperband, sha, wilcoxon or none (default: the spec's, else median)."),
+        typer.Option(
+            help="median, quartile (only the top quarter at each epoch goes on), hyperband, sha, wilcoxon or "
+            "none (default: the spec's, else median)."
+        ),
     ] = None,
     resample: Annotated[
         str | None,

@@ -21,7 +21,7 @@ from hpo.spec.builtin import builtin_path, builtin_specs
 from hpo.spec.space import Choice, Fixed, FloatRange, IntRange, Param, Suggester, only_keys, parse_param
 
 SAMPLERS = ("tpe", "random", "gp", "grid")
-PRUNERS = ("median", "hyperband", "sha", "wilcoxon", "none")
+PRUNERS = ("median", "quartile", "hyperband", "sha", "wilcoxon", "none")
 # What each trial is scored on: the study's one draw of pairs and folds, the same pairs with folds
 # drawn again for every trial, or a fresh draw of pairs (and folds) for every trial.
 RESAMPLES = ("fixed", "reshuffle", "fresh")
