@@ -11,7 +11,8 @@ accumulates the weights' gradients from the image directly. It is the same funct
 `relu(max_pool2d(conv2d(x, w, b, groups=M), 2))`, ties and NaNs resolved as PyTorch's
 pooling resolves them (the first largest position, NaN wins), to float rounding. Batch norm
 is a per-channel affine map, so it commutes with pooling once the window's largest value is
-taken where scale * value is largest; its batch statistics follow from the images' patches.
+taken where scale * value is largest; its batch statistics follow from the images' patches
+(patch_moments.py).
 
 Numba compiles the two loops for this CPU on first use and caches them on disk. They run on
 one thread: hpo's workers train on one thread each, and at two threads a second thread for
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpo.kernels.compile import jit, kernel_inputs
+from hpo.kernels.patch_moments import patch_moments
 
 SIZE, KERNEL, POOLED = 14, 3, 6  # 14 x 14 digits, 3 x 3 kernel: 12 x 12, pooled to 6 x 6
 # A float32 zero: an int literal would make the loops' float32 arithmetic float64 (float64 stays float64).
@@ -255,14 +257,8 @@ def _batch_norm_affine(
     """
     members, images = x.shape[:2]
     if norm.training:
-        patches = F.unfold(x.reshape(members * images, 1, SIZE, SIZE), KERNEL)  # M*N x 9 x 144
-        patches = (
-            patches.view(members, images, KERNEL * KERNEL, -1).transpose(1, 2).reshape(members, KERNEL * KERNEL, -1)
-        )
-        mean_patch = patches.mean(-1, keepdim=True)
-        centred = patches - mean_patch
-        count = centred.shape[-1]
-        cov = centred @ centred.transpose(1, 2) / count  # M x 9 x 9
+        mean_patch, cov = patch_moments(x)  # M x 9 x 1, M x 9 x 9
+        count = images * (SIZE - KERNEL + 1) ** 2
         w = weight.view(members, -1, KERNEL * KERNEL)  # M x C x 9
         mean = ((w @ mean_patch).squeeze(-1)).reshape(-1) + bias
         var = torch.einsum("mck,mkl,mcl->mc", w, cov, w).reshape(-1)
