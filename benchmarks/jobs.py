@@ -1,7 +1,7 @@
 """The main command, `hpo optimize --trials N`, as a user runs it from an empty folder: its wall time and where it went.
 
 Each run is the whole command as a process in a fresh folder with a fresh SQLite store (the
-default spec unless --spec, confirmation included unless --confirm 0). From the trials' stored
+default spec unless --spec, with --confirm N as the command's, 0 by default). From the trials' stored
 start and end times and user attributes it reports where the wall time went: start-up (the
 command's start to its first trial's), the search (first trial's start to the last trial's
 end), confirmation and the rest (the last trial's end to the command's end); trial-seconds
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--compare", default=None, help="another --jobs value, run alternately beside it (e.g. 1)")
     ap.add_argument("--spec", default=None, help="the command's --spec [the default study]")
     ap.add_argument(
-        "--confirm", type=int, default=5, help="leaders confirmed at the end (part of the command's wall time)"
+        "--confirm", type=int, default=0, help="leaders confirmed at the end, as `hpo optimize --confirm` [0]"
     )
     ap.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
     ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")

@@ -101,10 +101,13 @@ def test_optimize_confirms_the_leaders_once_and_recommends_by_both_scores(
     assert again.exit_code == 0 and "confirmed trial #" not in again.stderr, "scores are kept, not recomputed"
 
 
-def test_confirm_zero_turns_confirmation_off(cli, write_spec, sqlite_url, mnist_dir) -> None:
-    args = ["--spec", write_spec(epochs=1), "--storage", sqlite_url, "--data-dir", mnist_dir, "--confirm", 0]
+@pytest.mark.parametrize("flag", [[], ["--confirm", 0]], ids=["by default", "with --confirm 0"])
+def test_confirmation_is_off_by_default_and_with_confirm_zero(flag, cli, write_spec, sqlite_url, mnist_dir) -> None:
+    # Over ten 200-trial studies it moved the pick's test by +0.02 points (docs/results.md): off unless asked.
+    args = ["--spec", write_spec(epochs=1), "--storage", sqlite_url, "--data-dir", mnist_dir, *flag]
     result = cli("optimize", "--trials", 2, *args)
     assert result.exit_code == 0 and "confirmed trial #" not in result.stderr, result.stderr
+    assert "(best CV)" in " ".join(result.stdout.split()), result.stdout
     study = optuna.load_study(study_name="small", storage=sqlite_url)
     assert scores(study) == {}
     assert pick_trial(study, None).number == study.best_trial.number, "the recommendation is the best CV score"

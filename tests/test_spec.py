@@ -16,7 +16,7 @@ def test_default_spec_declares_the_seven_parameters() -> None:
     assert set(spec.space) >= SEVEN
     assert spec.space["weight_sharing"] == Choice((True, False))
     assert spec.space["lr"] == FloatRange(1e-4, 1e-2, log=True)
-    assert (spec.train.folds, spec.train.epochs, spec.train.train_pairs) == (5, 25, 1000)
+    assert (spec.train.folds, spec.train.epochs, spec.train.train_pairs) == (3, 25, 1000)
 
 
 def test_every_shipped_spec_loads() -> None:

@@ -47,7 +47,7 @@ class OptimizeOptions:
     heartbeat_interval: int = 10
     retries: int = DEFAULT_RETRIES
     connect_timeout: float = 120.0
-    confirm: int = 5
+    confirm: int = 0  # leaders re-scored on a second draw (0: off; it did not pay: docs/results.md)
     verbose: bool = False
     allow_space_change: bool = False
     precision: str = "float32"  # or bfloat16 / auto (bfloat16 where the CPU has it natively)
