@@ -115,7 +115,7 @@ def interrupted_line(exc: Interrupted, study_name: str, finished: int) -> str:
     return line + f"; the running trial #{exc.trial_number} was marked FAIL and queued for retry as #{exc.retry}"
 
 
-def _param_table(title: str, params: dict[str, Any], first: str = "parameter") -> Table:
+def _param_table(title: str | None, params: dict[str, Any], first: str = "parameter") -> Table:
     table = Table(title=title)
     table.add_column(first)
     table.add_column("value", justify="right")
@@ -133,7 +133,9 @@ def print_optimize(result: OptimizeResult) -> None:
         out.print(f"study '{study.study_name}' has no complete trial yet")
         return
     how = "best mean CV over two draws of pairs" if result.second_score is not None else "best CV"
-    table = _param_table(f"recommended trial of study '{study.study_name}': #{best.number} ({how})", best.params)
+    # A line of its own, not the table's title, which wraps to the table's (narrow) width.
+    out.print(f"recommended trial of study '{study.study_name}': #{best.number} ({how})", highlight=False)
+    table = _param_table(None, best.params)
     table.add_row("[bold]CV accuracy", f"[bold]{best.value:.4f}")
     if result.second_score is not None:
         table.add_row("CV accuracy, second draw", f"{result.second_score:.4f}")
