@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpo.kernels.compile import jit, kernel_inputs
-from hpo.kernels.patch_moments import patch_moments
+from hpo.kernels.patch_moments import OUT, patch_moments
 
 SIZE, KERNEL, POOLED = 14, 3, 6  # 14 x 14 digits, 3 x 3 kernel: 12 x 12, pooled to 6 x 6
 # A float32 zero: an int literal would make the loops' float32 arithmetic float64 (float64 stays float64).
@@ -258,7 +258,7 @@ def _batch_norm_affine(
     members, images = x.shape[:2]
     if norm.training:
         mean_patch, cov = patch_moments(x)  # M x 9 x 1, M x 9 x 9
-        count = images * (SIZE - KERNEL + 1) ** 2
+        count = images * OUT * OUT  # the positions the moments averaged over
         w = weight.view(members, -1, KERNEL * KERNEL)  # M x C x 9
         mean = ((w @ mean_patch).squeeze(-1)).reshape(-1) + bias
         var = torch.einsum("mck,mkl,mcl->mc", w, cov, w).reshape(-1)
