@@ -42,7 +42,7 @@ def test_two_jobs_share_one_study_with_one_progress_bar_and_confirm_each_leader_
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_stops_every_worker_with_one_summary_line(signum, write_spec, sqlite_url, mnist_dir) -> None:
-    spec = write_spec(epochs=30, pruner="none")
+    spec = write_spec(epochs=300, pruner="none")  # seconds a trial: both still in hand when the signal lands
     proc = _jobs(spec, sqlite_url, 100, mnist_dir, "--confirm", 0)
     wait_for(sqlite_url, "small", lambda ts: len(running_with_progress(ts)) == 2, [proc])
     proc.send_signal(signum)
@@ -88,7 +88,7 @@ def test_bad_jobs_is_one_line(cli, value, message) -> None:
 
 
 def test_workers_die_with_their_command_even_when_it_is_sigkilled(write_spec, sqlite_url, mnist_dir) -> None:
-    spec = write_spec(epochs=30, pruner="none")
+    spec = write_spec(epochs=300, pruner="none")  # seconds a trial: both still in hand when the signal lands
     proc = _jobs(spec, sqlite_url, 100, mnist_dir, "--confirm", 0)
     running = wait_for(sqlite_url, "small", lambda ts: len(running_with_progress(ts)) == 2, [proc])
     pids = [int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in running_with_progress(running)]

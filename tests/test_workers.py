@@ -129,6 +129,30 @@ def running_with_progress(trials: list[FrozenTrial], worker: str | None = None) 
     ]
 
 
+def frozen_in_training(
+    url: str, name: str, proc: subprocess.Popen, others: list[subprocess.Popen]
+) -> list[FrozenTrial]:
+    """Stop `proc` (SIGSTOP) at a moment it holds a trial in training, after a first trial finished.
+
+    Returns its trials in training. A look then a signal races the trial's end (a small trial here
+    takes well under a second: CI once saw the trial finish in between); frozen first, the trial
+    read is the one it holds when the caller's signal lands. The caller sends SIGCONT.
+    """
+    worker = str(proc.pid)
+    while True:
+        wait_for(
+            url,
+            name,
+            lambda ts: any(t.state == TrialState.COMPLETE for t in ts) and running_with_progress(ts, worker),
+            [proc, *others],
+        )
+        proc.send_signal(signal.SIGSTOP)
+        running = running_with_progress(trials_of(url, name), worker)
+        if running:
+            return running
+        proc.send_signal(signal.SIGCONT)
+
+
 def test_three_workers_share_a_nine_trial_study(write_spec, postgres_url, mnist_dir) -> None:
     spec = write_spec(epochs=3)
     procs = [start_worker(spec, postgres_url, 9, mnist_dir) for _ in range(3)]
@@ -156,20 +180,8 @@ def test_sigkilled_worker_trial_is_failed_retried_and_target_reached(write_spec,
     # cores (12 in 3 s); with 16 the survivor once reached the target first, and the retry was
     # queued by the leader confirmation's check instead, and left waiting.
     victim, survivor = (start_worker(spec, postgres_url, 48, mnist_dir, "--heartbeat-interval", 1) for _ in range(2))
-    while True:
-        before = wait_for(
-            postgres_url,
-            "small",
-            lambda ts: any(t.state == TrialState.COMPLETE for t in ts) and running_with_progress(ts, str(victim.pid)),
-            [victim, survivor],
-        )
-        # Frozen first, so that the trial read next is the one it holds when killed (it could
-        # otherwise finish between the read and the kill).
-        victim.send_signal(signal.SIGSTOP)
-        running = running_with_progress(trials_of(postgres_url, "small"), str(victim.pid))
-        if running:
-            break
-        victim.send_signal(signal.SIGCONT)
+    running = frozen_in_training(postgres_url, "small", victim, [survivor])
+    before = trials_of(postgres_url, "small")
     victim.kill()
     victim.wait()
     (killed,) = running
@@ -199,15 +211,11 @@ def test_sigkilled_worker_trial_is_failed_retried_and_target_reached(write_spec,
 def test_sigterm_fails_the_trial_in_hand_queues_its_retry_and_exits_with_one_line(
     write_spec, postgres_url, mnist_dir
 ) -> None:
-    spec = write_spec(epochs=20, pruner="none")
+    spec = write_spec(epochs=60, pruner="none")  # about a second and a half a trial
     proc = start_worker(spec, postgres_url, 50, mnist_dir)
-    wait_for(
-        postgres_url,
-        "small",
-        lambda ts: any(t.state == TrialState.COMPLETE for t in ts) and running_with_progress(ts),
-        [proc],
-    )
-    proc.send_signal(signal.SIGTERM)
+    (held,) = frozen_in_training(postgres_url, "small", proc, [])
+    proc.send_signal(signal.SIGTERM)  # pending until the worker runs again, with the trial still in hand
+    proc.send_signal(signal.SIGCONT)
     code, _, err = finish(proc, timeout=30)
     assert code == 128 + signal.SIGTERM, err
     assert "Traceback" not in err
@@ -217,6 +225,7 @@ def test_sigterm_fails_the_trial_in_hand_queues_its_retry_and_exits_with_one_lin
     trials = trials_of(postgres_url, "small")
     (failed,) = [t for t in trials if t.state == TrialState.FAIL]
     (queued,) = [t for t in trials if t.state == TrialState.WAITING]
+    assert failed.number == held.number
     assert f"#{failed.number} was marked FAIL and queued for retry as #{queued.number}" in last
     assert queued.params == failed.params and queued.system_attrs["failed_trial"] == failed.number
     assert not [t for t in trials if t.state == TrialState.RUNNING]
