@@ -124,7 +124,7 @@ class Workers:
         self.target = 1_000_000
         self.supervise = True
 
-    def start(self, slot: Slot, confirm: int = 0) -> None:
+    def start(self, slot: Slot) -> None:
         log = self.folder / f"worker{slot.index}-{len(slot.logs)}.log"
         slot.logs.append(log)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "HPO_LOG_FORMAT": "text"}
@@ -132,7 +132,7 @@ class Workers:
             env["HPO_TEST_CLOCK_SKEW"] = "600"
         argv = [sys.executable, "-m", "hpo", "optimize", "--spec", str(self.spec), "--storage", self.url]
         argv += ["--trials", str(self.target), "--jobs", "1", "--threads", "1", "--retries", str(RETRIES)]
-        argv += ["--heartbeat-interval", str(HEARTBEAT), "--connect-timeout", "300", "--confirm", str(confirm)]
+        argv += ["--heartbeat-interval", str(HEARTBEAT), "--connect-timeout", "300"]
         with open(log, "wb") as out:
             slot.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=self.folder)
 
@@ -313,7 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
         workers.target = done + FINAL_EXTRA
         for slot in workers.slots:
-            workers.start(slot, confirm=2)
+            workers.start(slot)
         exits = [slot.process.wait(timeout=1800) for slot in workers.slots]
         result = account(server.url("chaos"), workers.target, workers)
         result["final_exit_codes"] = exits

@@ -1,10 +1,10 @@
 """The main command, `hpo optimize --trials N`, as a user runs it from an empty folder: its wall time and where it went.
 
 Each run is the whole command as a process in a fresh folder with a fresh SQLite store (the
-default spec unless --spec, with --confirm N as the command's, 0 by default). From the trials' stored
-start and end times and user attributes it reports where the wall time went: start-up (the
-command's start to its first trial's), the search (first trial's start to the last trial's
-end), confirmation and the rest (the last trial's end to the command's end); trial-seconds
+default spec unless --spec). From the trials' stored start and end times and user attributes it
+reports where the wall time went: start-up (the command's start to its first trial's), the
+search (first trial's start to the last trial's end), the end (the last trial's end to the
+command's: the recommendation printed, the workers gone); trial-seconds
 by configuration class (batch norm or not, channel widths, head), by state (complete, pruned,
 failed) and by kernel choice; and how many epochs pruned trials ran. With --compare (a --jobs
 value, e.g. 1) it alternates the two settings for each repeat, so that a change in the
@@ -89,7 +89,7 @@ def where_time_went(study: optuna.Study, started: datetime.datetime, ended: date
         "phases_s": {
             "start_up": round((first - started).total_seconds(), 1),
             "search": round((last - first).total_seconds(), 1),
-            "confirmation_and_end": round((ended - last).total_seconds(), 1),
+            "end": round((ended - last).total_seconds(), 1),
         },
         "trial_s": round(total, 1),
         "by_class": _tally(by_class, total),
@@ -100,14 +100,13 @@ def where_time_went(study: optuna.Study, started: datetime.datetime, ended: date
             "mean": round(statistics.fmean(pruned_epochs), 2) if pruned_epochs else None,
             "histogram": {str(e): pruned_epochs.count(e) for e in sorted(set(pruned_epochs))},
         },
-        "confirmed": sum(k.startswith("confirmed:") for k in study.user_attrs),
     }
 
 
-def run(jobs: str, trials: int, confirm: int, folder: Path, data_dir: str | None, spec: str | None) -> dict[str, Any]:
+def run(jobs: str, trials: int, folder: Path, data_dir: str | None, spec: str | None) -> dict[str, Any]:
     url = f"sqlite:///{folder / 'hpo.db'}"
     argv = [sys.executable, "-m", "hpo", "optimize", "--trials", str(trials), "--jobs", jobs, "--storage", url]
-    argv += ["--confirm", str(confirm)] + (["--data-dir", data_dir] if data_dir else [])
+    argv += ["--data-dir", data_dir] if data_dir else []
     argv += ["--spec", spec] if spec else []
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("HPO_JOBS", None)
@@ -140,13 +139,13 @@ def run(jobs: str, trials: int, confirm: int, folder: Path, data_dir: str | None
 
 def table(runs: list[dict[str, Any]]) -> str:
     lines = [
-        "| jobs | wall (min) | start-up (s) | search (min) | confirmation and end (s) | finished | pruned | best CV |",
+        "| jobs | wall (min) | start-up (s) | search (min) | end (s) | finished | pruned | best CV |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in runs:
         p = r["where"]["phases_s"]
         lines.append(
-            f"| {r['jobs']} | {r['wall_min']} | {p['start_up']} | {r['search_min']} | {p['confirmation_and_end']} | "
+            f"| {r['jobs']} | {r['wall_min']} | {p['start_up']} | {r['search_min']} | {p['end']} | "
             f"{r['finished']} | {r['pruned']} | {r['best_cv']} |"
         )
     for r in runs:
@@ -168,9 +167,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--jobs", default="auto", help="the command's --jobs [auto]")
     ap.add_argument("--compare", default=None, help="another --jobs value, run alternately beside it (e.g. 1)")
     ap.add_argument("--spec", default=None, help="the command's --spec [the default study]")
-    ap.add_argument(
-        "--confirm", type=int, default=0, help="leaders confirmed at the end, as `hpo optimize --confirm` [0]"
-    )
     ap.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
     ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     args = ap.parse_args(argv)
@@ -181,9 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for repeat in range(args.repeats):
         for jobs in settings if repeat % 2 == 0 else settings[::-1]:
             with tempfile.TemporaryDirectory() as tmp:
-                runs.append(
-                    {"repeat": repeat, **run(jobs, args.trials, args.confirm, Path(tmp), args.data_dir, args.spec)}
-                )
+                runs.append({"repeat": repeat, **run(jobs, args.trials, Path(tmp), args.data_dir, args.spec)})
                 print(json.dumps(runs[-1]), flush=True)
     result: dict[str, Any] = {
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},

@@ -92,8 +92,6 @@ def scenario(name: str, act: Any, spec: Path, trials: int, timeout: float) -> di
         "1",
         "--heartbeat-interval",
         "2",
-        "--confirm",
-        "0",
         "--connect-timeout",
         str(timeout),
     ]

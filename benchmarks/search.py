@@ -5,8 +5,8 @@ rule picks from the same study, so rules are compared on paired studies). For ev
 and seed the study runs through hpo.app (as `hpo optimize` does, hpo.pool for --jobs > 1), each
 rule's pick is tested with `hpo evaluate`'s rounds (app.evaluate) on --eval-seed, which no study
 uses, and the table ranks strategies by their worst seed's held-out accuracy. Wall time is the
-study's (plus confirmation for the rule that reads it); CPU seconds count this process and its
-workers. `--ensemble K` also tests `hpo evaluate --ensemble K` on each study.
+study's; CPU seconds count this process and its workers. `--ensemble K` also tests `hpo
+evaluate --ensemble K` on each study.
 
     python benchmarks/search.py --quick                              # the test suite's smoke run
     python benchmarks/search.py --trials 30 --epochs 8 --rounds 5 \\
@@ -105,7 +105,6 @@ def run_study(strategy: Strategy, seed: int, args: argparse.Namespace, folder: P
         resample=strategy.resample,
         enqueue_published=args.enqueue_published,
         threads=args.threads,
-        confirm=0,
         jobs=args.jobs,
     )
     cpu0, t0 = cpu_seconds(), time.perf_counter()
@@ -113,14 +112,6 @@ def run_study(strategy: Strategy, seed: int, args: argparse.Namespace, folder: P
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     study = result.study
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    confirm_wall = 0.0
-    if "confirmed" in args.rules:
-        spec = app.check_optimize(options)
-        t1 = time.perf_counter()
-        app.confirm(
-            app.OptimizeOptions(**{**options.__dict__, "confirm": args.confirm}), spec, study, None, app.Silent()
-        )
-        confirm_wall = time.perf_counter() - t1
     tested: dict[int, Any] = {}
     rows = []
     for rule in args.rules:
@@ -128,7 +119,6 @@ def run_study(strategy: Strategy, seed: int, args: argparse.Namespace, folder: P
         if trial.number not in tested:
             tested[trial.number] = evaluate(app.EvaluateOptions(study=name, trial=trial.number, storage=storage), args)
         ev = tested[trial.number]
-        extra = confirm_wall if rule == "confirmed" else 0.0
         rows.append(
             {
                 "strategy": strategy.name,
@@ -140,9 +130,8 @@ def run_study(strategy: Strategy, seed: int, args: argparse.Namespace, folder: P
                 "test_mean": ev.mean,
                 "test_std": ev.std,
                 "test_accuracies": ev.accuracies,
-                "wall_s": wall + extra,
+                "wall_s": wall,
                 "cpu_s": cpu,
-                "confirm_s": extra,
                 "complete": states.count(TrialState.COMPLETE),
                 "pruned": states.count(TrialState.PRUNED),
             }
@@ -150,7 +139,7 @@ def run_study(strategy: Strategy, seed: int, args: argparse.Namespace, folder: P
     if args.ensemble and strategy.resample != "fresh":  # fresh pairs per trial leave no shared predictions
         ev = evaluate(app.EvaluateOptions(study=name, storage=storage, ensemble=args.ensemble), args)
         rows.append({**rows[0], "rule": f"ensemble-{args.ensemble}", "trial": None, "cv": None, "n_params": None})
-        rows[-1].update(test_mean=ev.mean, test_std=ev.std, test_accuracies=ev.accuracies, confirm_s=0.0, wall_s=wall)
+        rows[-1].update(test_mean=ev.mean, test_std=ev.std, test_accuracies=ev.accuracies, wall_s=wall)
     return rows
 
 
@@ -210,7 +199,6 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=30)
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the spec's)")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--confirm", type=int, default=5, help="leaders the 'confirmed' rule re-scores")
     p.add_argument("--ensemble", type=int, default=0, help="also test `hpo evaluate --ensemble K`")
     p.add_argument("--spec", default=app.DEFAULT_SPEC)
     p.add_argument("--enqueue-published", action=argparse.BooleanOptionalAction, default=None)

@@ -85,7 +85,6 @@ def run_configuration(workers: int, args: argparse.Namespace, server: str) -> di
                 "threads": 1,
                 "storage": url,
                 "study": "bench",
-                "confirm": 0,
             }
         )
         env = {**os.environ, "PYTHONPATH": str(ROOT)}

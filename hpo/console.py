@@ -66,12 +66,6 @@ class StudyProgress:
     def stopped(self) -> None:
         self.progress.stop()
 
-    def confirmed(self, trial: FrozenTrial, value: float) -> None:
-        say(f"confirmed trial #{trial.number}: CV {trial.value:.4f}, on a second draw of pairs {value:.4f}")
-
-    def confirm_failed(self, trial: FrozenTrial, reason: str) -> None:
-        say(f"trial #{trial.number} failed on the second draw of pairs ({reason}); it is not recommended")
-
 
 def _best(study: optuna.Study) -> str:
     if is_multi_objective(study):
@@ -132,13 +126,10 @@ def print_optimize(result: OptimizeResult) -> None:
     if best is None:
         out.print(f"study '{study.study_name}' has no complete trial yet")
         return
-    how = "best mean CV over two draws of pairs" if result.second_score is not None else "best CV"
     # A line of its own, not the table's title, which wraps to the table's (narrow) width.
-    out.print(f"recommended trial of study '{study.study_name}': #{best.number} ({how})", highlight=False)
+    out.print(f"recommended trial of study '{study.study_name}': #{best.number} (best CV)", highlight=False)
     table = _param_table(None, best.params)
     table.add_row("[bold]CV accuracy", f"[bold]{best.value:.4f}")
-    if result.second_score is not None:
-        table.add_row("CV accuracy, second draw", f"{result.second_score:.4f}")
     folds = best.user_attrs.get("fold_accuracies")
     if folds:
         table.add_row("fold accuracies", " ".join(f"{a:.3f}" for a in folds))

@@ -70,14 +70,6 @@ class TrialLog:
             self._thread = None
             self.summary()
 
-    def confirmed(self, trial: FrozenTrial, value: float) -> None:
-        line = f"confirmed trial #{trial.number}: CV {trial.value:.4f}, on a second draw of pairs {value:.4f}"
-        self._write("confirmed", line, {"trial": trial.number, "value": trial.value, "second_draw": value})
-
-    def confirm_failed(self, trial: FrozenTrial, reason: str) -> None:
-        line = f"trial #{trial.number} failed on the second draw of pairs ({reason}); it is not recommended"
-        self._write("confirm_failed", line, {"trial": trial.number, "reason": reason})
-
     def summary(self) -> None:
         """Where the study stands: finished of the target, by state, and the best value."""
         if self.study is None:

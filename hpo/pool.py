@@ -4,8 +4,7 @@ Each worker is `python -m hpo.pool OPTIONS` in a process group of its own, runni
 worker loop as a lone `hpo optimize` with one torch thread (by default), so that the machine's
 cores train N trials at once. The parent creates the study first (one creator, one warm
 start), draws one progress bar from the store, forwards SIGINT and SIGTERM to every worker
-exactly once, and reports a worker that crashed in one line while the others go on. Leaders
-are confirmed by the parent once every worker has stopped, on all the cores.
+exactly once, and reports a worker that crashed in one line while the others go on.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from hpo.app import (
     OptimizeResult,
     Silent,
     check_optimize,
-    confirm,
     open_study,
     optimize,
     optimize_result,
@@ -103,10 +101,8 @@ def run_pool(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
     """app.optimize for options.jobs > 1: start the workers, watch them, return the study's result."""
     spec = check_optimize(options)
     study_pairs(options, spec)  # bad data is refused here, before the study is created
-    study, storage = open_study(options, spec, events.notice)
-    # Leaders are confirmed once all workers are done: a worker that picked them while another
-    # was just asking for its last trial would miss that trial, should it lead.
-    child = replace(options, jobs=1, confirm=0)
+    study = open_study(options, spec, events.notice)
+    child = replace(options, jobs=1)
     payload = json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(child).items()})
     gpus = cuda_devices(options.device)
     workers = [Worker(i, _start(i, payload, gpus)) for i in range(1, options.jobs + 1)]
@@ -133,12 +129,6 @@ def run_pool(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
         raise exc
     tell_plateau(options, study, events)
     failed = [w for w in workers if w.report is None or w.report["status"] != "done"]
-    if len(failed) < len(workers):
-        import torch
-
-        torch.set_num_threads(options.jobs * (options.threads or 1))  # the workers' cores, now free
-        with stop_signals_raise():
-            confirm(options, spec, study, storage, events)
     return replace(optimize_result(study), failed_workers=[_failure(w) for w in failed])
 
 

@@ -21,7 +21,6 @@ from hpo.search.loop import run_until
 from hpo.search.retries import fail_stale_trials, queue_retry
 from hpo.search.signals import Interrupted
 from hpo.store.budget import ask_within
-from hpo.store.claims import TableClaims
 from hpo.store.connect import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,15 +91,6 @@ def test_a_trial_just_asked_for_is_not_failed_for_a_start_time_another_clock_wro
         )
     fail_stale_trials(study)
     assert study.get_trials()[orphan.number].state == TrialState.RUNNING
-
-
-def test_a_claim_lapses_by_the_database_clock_not_a_fast_worker_clock(postgres_url, monkeypatch) -> None:
-    study, storage = _study(postgres_url)
-    claims = TableClaims(storage, "acct")
-    assert claims.claim(0, "a:1", lapse=60)
-    real = time.time
-    monkeypatch.setattr(time, "time", lambda: real() + 600)  # this worker's clock runs 10 minutes ahead
-    assert not claims.claim(0, "b:2", lapse=60), "a fresh claim was taken over"
 
 
 def test_a_statement_timeout_is_not_taken_for_a_lost_store(postgres_url) -> None:

@@ -130,7 +130,7 @@ def test_dashboard_lists_the_study_and_opens_it_with_its_evaluation(cli, small_s
         page.get_by_text("Best Trial").first.wait_for(timeout=60_000)
         page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
         page.get_by_text("Study User Attributes").wait_for(timeout=60_000)
-        # The attributes table shows 5 rows a page; the study holds more (spec, oof_targets, confirmations).
+        # The attributes table shows 5 rows a page; a study may hold more.
         for _ in range(5):
             if page.get_by_text("evaluation", exact=True).count() >= 1:
                 break

@@ -20,7 +20,7 @@ from hpo.readers.results import pick_trial
 def test_each_mode_tests_as_hpo_evaluate_would_from_networks_trained_once(
     tmp_path: Path, sqlite_url: str, mnist_dir: Path, capsys
 ) -> None:
-    options = app.OptimizeOptions(trials=3, spec=tiny_spec(tmp_path), storage=sqlite_url, data_dir=mnist_dir, confirm=0)
+    options = app.OptimizeOptions(trials=3, spec=tiny_spec(tmp_path), storage=sqlite_url, data_dir=mnist_dir)
     app.optimize(options, app.Silent())
     out = tmp_path / "modes.json"
     args = ["--storage", sqlite_url, "--study", "tiny", "--k", "3", "--rounds", "2", "--pairs", "200"]
@@ -28,7 +28,7 @@ def test_each_mode_tests_as_hpo_evaluate_would_from_networks_trained_once(
     result = json.loads(out.read_text())
     modes = result["modes"]
     assert set(modes) == {"weighted", "retrain", "seeds"}
-    recommended = pick_trial(optuna.load_study(study_name="tiny", storage=sqlite_url), None, "confirmed").number
+    recommended = pick_trial(optuna.load_study(study_name="tiny", storage=sqlite_url), None, "best").number
     assert modes["seeds"]["picks"] == [recommended] * 3
     assert sorted(modes["weighted"]["picks"]) == sorted(modes["retrain"]["picks"]), "one selection, two modes"
     assert sum(w for _, _, w in modes["weighted"]["networks"]) == 3 and len(modes["retrain"]["networks"]) == 3

@@ -126,7 +126,7 @@ def test_a_trial_is_tested_for_its_specs_final_epochs_unless_evaluate_says_other
     spec = write_spec(text.replace("train_pairs = 200", "train_pairs = 200\nfinal_epochs = 3"), name="final")
     url = f"sqlite:///{tmp_path / 'final.db'}"
     common = ["--storage", url, "--data-dir", mnist_dir]
-    assert cli("optimize", "--trials", "1", "--spec", spec, "--confirm", "0", *common).exit_code == 0
+    assert cli("optimize", "--trials", "1", "--spec", spec, *common).exit_code == 0
     trial = load(url, "final").trials[0]
     assert len(trial.intermediate_values) == 1, "the trial trained its 1 epoch"
     assert trial.user_attrs["train"]["final_epochs"] == 3

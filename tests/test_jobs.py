@@ -25,25 +25,25 @@ def _jobs(spec, url, trials, mnist_dir, *extra):
     return start_worker(spec, url, trials, mnist_dir, "--jobs", 2, *extra)
 
 
-def test_two_jobs_share_one_study_with_one_progress_bar_and_confirm_each_leader_once(
+def test_two_jobs_share_one_study_with_one_progress_bar_and_one_recommendation(
     write_spec, sqlite_url, mnist_dir
 ) -> None:
     spec = write_spec(epochs=15, pruner="none")  # trials long enough for both workers to take some
-    code, out, err = finish(_jobs(spec, sqlite_url, 8, mnist_dir, "--confirm", 2))
+    code, out, err = finish(_jobs(spec, sqlite_url, 8, mnist_dir))
     assert code == 0, err
     trials = trials_of(sqlite_url, "small")
     assert sum(t.state in FINISHED for t in trials) == 8 and len(trials) == sum(t.state in FINISHED for t in trials)
     assert len({t.user_attrs["worker"] for t in trials}) == 2, "two worker processes trained the trials"
     assert err.count("study small") >= 1 and "worker 1" not in err, "one progress bar, no per-worker noise"
-    confirmed = re.findall(r"^confirmed trial #(\d+):", err, re.M)
-    assert len(confirmed) == 2 and len(set(confirmed)) == 2, "each leader confirmed once, by one worker"
-    assert "recommended trial of study 'small'" in out
+    best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (t.value, -t.number))
+    assert out.count("recommended trial of study 'small'") == 1, out
+    assert f"recommended trial of study 'small': #{best.number} (best CV)" in out, "the parent's, over both workers"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_stops_every_worker_with_one_summary_line(signum, write_spec, sqlite_url, mnist_dir) -> None:
     spec = write_spec(epochs=300, pruner="none")  # seconds a trial: both still in hand when the signal lands
-    proc = _jobs(spec, sqlite_url, 100, mnist_dir, "--confirm", 0)
+    proc = _jobs(spec, sqlite_url, 100, mnist_dir)
     wait_for(sqlite_url, "small", lambda ts: len(running_with_progress(ts)) == 2, [proc])
     proc.send_signal(signum)
     code, _, err = finish(proc, timeout=60)
@@ -66,7 +66,7 @@ def test_a_worker_that_crashes_is_reported_in_one_line_and_the_other_finishes(
     write_spec, sqlite_url, mnist_dir
 ) -> None:
     spec = write_spec(epochs=8, pruner="none")
-    proc = _jobs(spec, sqlite_url, 8, mnist_dir, "--heartbeat-interval", 1, "--confirm", 0)
+    proc = _jobs(spec, sqlite_url, 8, mnist_dir, "--heartbeat-interval", 1)
     running = wait_for(sqlite_url, "small", lambda ts: running_with_progress(ts), [proc])
     victim = int(running_with_progress(running)[0].user_attrs["worker"].rsplit(":", 1)[1])
     os.kill(victim, signal.SIGKILL)
@@ -89,7 +89,7 @@ def test_bad_jobs_is_one_line(cli, value, message) -> None:
 
 def test_workers_die_with_their_command_even_when_it_is_sigkilled(write_spec, sqlite_url, mnist_dir) -> None:
     spec = write_spec(epochs=300, pruner="none")  # seconds a trial: both still in hand when the signal lands
-    proc = _jobs(spec, sqlite_url, 100, mnist_dir, "--confirm", 0)
+    proc = _jobs(spec, sqlite_url, 100, mnist_dir)
     running = wait_for(sqlite_url, "small", lambda ts: len(running_with_progress(ts)) == 2, [proc])
     pids = [int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in running_with_progress(running)]
     proc.kill()  # SIGKILL: the command cannot forward anything

@@ -18,9 +18,7 @@ def test_a_worker_without_a_terminal_logs_each_finished_trial_and_summaries(
     write_spec, sqlite_url, mnist_dir, jobs
 ) -> None:
     spec = write_spec(epochs=1, pruner="none")
-    code, out, err = finish(
-        start_worker(spec, sqlite_url, 4, mnist_dir, "--jobs", jobs, "--confirm", 1, log_format=None)
-    )
+    code, out, err = finish(start_worker(spec, sqlite_url, 4, mnist_dir, "--jobs", jobs, log_format=None))
     assert code == 0, err
     assert "━" not in err, "no progress bar without a terminal"
     trials = [t for t in trials_of(sqlite_url, "small") if t.state in FINISHED]
@@ -41,7 +39,7 @@ def test_a_worker_without_a_terminal_logs_each_finished_trial_and_summaries(
 def test_json_log_lines_for_log_collectors(write_spec, postgres_url, mnist_dir) -> None:
     url = postgres_url.replace("postgres@", f"postgres:{SECRET}@")
     spec = write_spec(epochs=1, pruner="none")
-    code, out, err = finish(start_worker(spec, url, 3, mnist_dir, "--jobs", 2, "--confirm", 0, "--log-format", "json"))
+    code, out, err = finish(start_worker(spec, url, 3, mnist_dir, "--jobs", 2, "--log-format", "json"))
     assert code == 0, err
     assert SECRET not in out + err
     events = [json.loads(line) for line in err.splitlines() if line.strip()]

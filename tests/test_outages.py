@@ -66,10 +66,7 @@ def told_once_and_nothing_stuck(trials: list[FrozenTrial], target: int) -> None:
 
 def test_workers_wait_out_a_server_stopped_while_trials_train(write_spec, postgres_url, mnist_dir, paced) -> None:
     spec = write_spec(epochs=6, pruner="none")
-    procs = [
-        start_worker(spec, postgres_url, OUTAGE_TRIALS, mnist_dir, "--heartbeat-interval", 2, "--confirm", 0)
-        for _ in range(2)
-    ]
+    procs = [start_worker(spec, postgres_url, OUTAGE_TRIALS, mnist_dir, "--heartbeat-interval", 2) for _ in range(2)]
     with server_left_running():
         wait_for(postgres_url, "small", lambda ts: running_with_progress(ts), procs)
         pg("stop")
@@ -83,10 +80,7 @@ def test_workers_wait_out_a_server_stopped_while_trials_train(write_spec, postgr
 
 def test_workers_survive_a_restart_while_trials_train(write_spec, postgres_url, mnist_dir, paced) -> None:
     spec = write_spec(epochs=6, pruner="none")
-    procs = [
-        start_worker(spec, postgres_url, OUTAGE_TRIALS, mnist_dir, "--heartbeat-interval", 2, "--confirm", 0)
-        for _ in range(2)
-    ]
+    procs = [start_worker(spec, postgres_url, OUTAGE_TRIALS, mnist_dir, "--heartbeat-interval", 2) for _ in range(2)]
     with server_left_running():
         wait_for(postgres_url, "small", lambda ts: running_with_progress(ts), procs)
         pg("restart")
@@ -101,7 +95,7 @@ def test_a_result_whose_write_meets_the_outage_is_told_exactly_once(
 ) -> None:
     monkeypatch.setenv("HPO_PAUSE_BEFORE_TELL", "4")  # fault injection: a window between training and telling
     spec = write_spec(epochs=2, pruner="none")
-    proc = start_worker(spec, postgres_url, 2, mnist_dir, "--confirm", 0)
+    proc = start_worker(spec, postgres_url, 2, mnist_dir)
     with server_left_running():
         # Both epochs reported and still RUNNING: the worker is in its pause, about to tell.
         wait_for(
@@ -125,10 +119,7 @@ def test_workers_survive_every_connection_being_terminated(
     write_spec, postgres_url, postgres_server, mnist_dir, paced
 ) -> None:
     spec = write_spec(epochs=6, pruner="none")
-    procs = [
-        start_worker(spec, postgres_url, OUTAGE_TRIALS, mnist_dir, "--heartbeat-interval", 2, "--confirm", 0)
-        for _ in range(2)
-    ]
+    procs = [start_worker(spec, postgres_url, OUTAGE_TRIALS, mnist_dir, "--heartbeat-interval", 2) for _ in range(2)]
     wait_for(postgres_url, "small", lambda ts: running_with_progress(ts), procs)
     database = sqlalchemy.make_url(postgres_url).database
     admin = sqlalchemy.create_engine(postgres_server, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.NullPool)
@@ -154,7 +145,14 @@ def test_a_server_down_past_the_timeout_ends_the_worker_with_one_line_and_a_reru
     # A target the worker cannot reach before the server goes (with 6, one worker once finished
     # the study in about a second, before the test saw a trial in training).
     proc = start_worker(
-        spec, postgres_url, OUTAGE_TRIALS, mnist_dir, "--heartbeat-interval", 1, "--connect-timeout", 3, "--confirm", 0
+        spec,
+        postgres_url,
+        OUTAGE_TRIALS,
+        mnist_dir,
+        "--heartbeat-interval",
+        1,
+        "--connect-timeout",
+        3,
     )
     with server_left_running():
         before = wait_for(
@@ -174,7 +172,7 @@ def test_a_server_down_past_the_timeout_ends_the_worker_with_one_line_and_a_reru
     assert "Traceback" not in err
     done = {t.number for t in before if t.state in FINISHED}
     target = sum(t.state in FINISHED for t in trials_of(postgres_url, "small")) + 2  # the rerun trains
-    rerun = start_worker(spec, postgres_url, target, mnist_dir, "--heartbeat-interval", 1, "--confirm", 0)
+    rerun = start_worker(spec, postgres_url, target, mnist_dir, "--heartbeat-interval", 1)
     code, _, err = finish(rerun)
     assert code == 0, err
     trials = trials_of(postgres_url, "small")
@@ -189,7 +187,7 @@ def test_a_sqlite_write_that_fails_ends_the_worker_with_one_line_and_keeps_finis
     spec = write_spec(epochs=1, pruner="none")
     db = tmp_path / "full.db"
     url = f"sqlite:///{db}"
-    code, _, err = finish(start_worker(spec, url, 2, mnist_dir, "--confirm", 0))
+    code, _, err = finish(start_worker(spec, url, 2, mnist_dir))
     assert code == 0, err
     # A file-size limit makes the next writes fail as a full disk does (root ignores read-only files).
     limit = max(db.stat().st_size, 64 * 1024) + 16 * 1024
@@ -198,8 +196,6 @@ def test_a_sqlite_write_that_fails_ends_the_worker_with_one_line_and_keeps_finis
         url,
         40,
         mnist_dir,
-        "--confirm",
-        0,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
     )
     code, _, err = finish(proc)

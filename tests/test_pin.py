@@ -18,7 +18,15 @@ def _started(cli, write_spec, url, mnist_dir):
     spec = write_spec(epochs=1)
     assert (
         cli(
-            "optimize", "--trials", 1, "--spec", spec, "--storage", url, "--data-dir", mnist_dir, "--confirm", 0
+            "optimize",
+            "--trials",
+            1,
+            "--spec",
+            spec,
+            "--storage",
+            url,
+            "--data-dir",
+            mnist_dir,
         ).exit_code
         == 0
     )
@@ -34,7 +42,15 @@ def test_a_new_study_stores_its_spec_with_a_hash_and_continues_with_the_same_one
     assert stored["text"] == spec.read_text() and len(stored["hash"]) == 64
     assert (stored["directions"], stored["train"]["epochs"], stored["fixed"]["hidden"]) == (["maximize"], 1, 32)
     again = cli(
-        "optimize", "--trials", 2, "--spec", spec, "--storage", sqlite_url, "--data-dir", mnist_dir, "--confirm", 0
+        "optimize",
+        "--trials",
+        2,
+        "--spec",
+        spec,
+        "--storage",
+        sqlite_url,
+        "--data-dir",
+        mnist_dir,
     )
     assert again.exit_code == 0, again.stderr
     listed = cli("studies", "--storage", sqlite_url, env={"COLUMNS": "200"})
@@ -92,7 +108,7 @@ def test_a_changed_search_range_needs_the_explicit_flag(cli, write_spec, sqlite_
             "lr             = { low = 1e-4, high = 1e-2, log = true }", "lr = { low = 1e-5, high = 1e-2, log = true }"
         )
     )
-    args = ["--trials", 2, "--spec", wider, "--storage", sqlite_url, "--data-dir", mnist_dir, "--confirm", 0]
+    args = ["--trials", 2, "--spec", wider, "--storage", sqlite_url, "--data-dir", mnist_dir]
     line = one_error_line(cli("optimize", *args))
     assert "searched another space (space lr:" in line and "--allow-space-change" in line
     result = cli("optimize", *args, "--allow-space-change")

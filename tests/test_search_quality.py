@@ -109,9 +109,7 @@ def test_resample_draws_folds_or_pairs_per_trial(tmp_path: Path, mnist_dir: Path
 def test_complete_trials_store_out_of_fold_predictions_that_score_their_cv(
     tmp_path: Path, sqlite_url: str, mnist_dir: Path, resample: str
 ) -> None:
-    options = app.OptimizeOptions(
-        trials=2, spec=tiny_spec(tmp_path, resample), storage=sqlite_url, data_dir=mnist_dir, confirm=0
-    )
+    options = app.OptimizeOptions(trials=2, spec=tiny_spec(tmp_path, resample), storage=sqlite_url, data_dir=mnist_dir)
     study = app.optimize(options, app.Silent()).study
     targets = np.array([int(c) for c in study.user_attrs[TARGETS_KEY]])
     assert targets.shape == (100,)
@@ -127,9 +125,7 @@ def test_complete_trials_store_out_of_fold_predictions_that_score_their_cv(
 
 def test_evaluate_ensemble_trains_the_selected_members(tmp_path: Path, sqlite_url: str, mnist_dir: Path) -> None:
     spec = tiny_spec(tmp_path)
-    app.optimize(
-        app.OptimizeOptions(trials=3, spec=spec, storage=sqlite_url, data_dir=mnist_dir, confirm=0), app.Silent()
-    )
+    app.optimize(app.OptimizeOptions(trials=3, spec=spec, storage=sqlite_url, data_dir=mnist_dir), app.Silent())
     options = app.EvaluateOptions(study="tiny", storage=sqlite_url, data_dir=mnist_dir, rounds=2, pairs=200, ensemble=3)
     told: list[tuple[str, ...]] = []
 
@@ -166,9 +162,7 @@ def test_evaluate_ensemble_trains_the_selected_members(tmp_path: Path, sqlite_ur
 
 def test_evaluate_ensemble_refuses_a_study_of_fresh_pairs(tmp_path: Path, sqlite_url: str, mnist_dir: Path) -> None:
     spec = tiny_spec(tmp_path, "fresh")
-    app.optimize(
-        app.OptimizeOptions(trials=1, spec=spec, storage=sqlite_url, data_dir=mnist_dir, confirm=0), app.Silent()
-    )
+    app.optimize(app.OptimizeOptions(trials=1, spec=spec, storage=sqlite_url, data_dir=mnist_dir), app.Silent())
     with pytest.raises(HpoError, match="no out-of-fold predictions"):
         app.evaluate(app.EvaluateOptions(study="tiny", storage=sqlite_url, data_dir=mnist_dir, ensemble=2))
 
@@ -180,7 +174,7 @@ def test_a_trial_picked_twice_is_one_network_weighted_or_two_networks_retrained(
     from hpo.training.ensemble import train_and_test_ensemble, train_member
     from hpo.training.rounds import round_pairs
 
-    options = app.OptimizeOptions(trials=1, spec=tiny_spec(tmp_path), storage=sqlite_url, data_dir=mnist_dir, confirm=0)
+    options = app.OptimizeOptions(trials=1, spec=tiny_spec(tmp_path), storage=sqlite_url, data_dir=mnist_dir)
     study = app.optimize(options, app.Silent()).study
     weighted = members_for(study, [0, 0], "weighted", None)
     retrained = members_for(study, [0, 0], "retrain", None)
@@ -201,11 +195,9 @@ def test_evaluate_ensemble_of_seeds_trains_the_recommended_trial_k_times_without
     tmp_path: Path, sqlite_url: str, mnist_dir: Path
 ) -> None:
     spec = tiny_spec(tmp_path, "fresh")  # no out-of-fold predictions: selection could not run
-    app.optimize(
-        app.OptimizeOptions(trials=2, spec=spec, storage=sqlite_url, data_dir=mnist_dir, confirm=0), app.Silent()
-    )
+    app.optimize(app.OptimizeOptions(trials=2, spec=spec, storage=sqlite_url, data_dir=mnist_dir), app.Silent())
     study = optuna.load_study(study_name="tiny", storage=sqlite_url)
-    recommended = pick_trial(study, None, "confirmed").number
+    recommended = pick_trial(study, None).number
     options = app.EvaluateOptions(
         study="tiny", storage=sqlite_url, data_dir=mnist_dir, rounds=2, pairs=200, ensemble=3, ensemble_mode="seeds"
     )
@@ -242,11 +234,13 @@ def test_recommendation_rules() -> None:
         study.add_trial(_trial(statistics.fmean(folds), folds, n))
     assert standard_error(study.trials[0]) == pytest.approx(statistics.stdev(scattered) / 5**0.5)
     assert pick_trial(study, None, "best").number == 0
-    assert pick_trial(study, None, "confirmed").number == 0, "without confirmation: the best CV score"
+    assert pick_trial(study, None).number == 0, "the default rule: the best CV score"
     assert pick_trial(study, None, "one-se").number == 2, "the smallest within one SE; not #3, which is far below"
     assert pick_trial(study, None, "lcb").number in (1, 2), "a steady fold spread beats a lucky one"
     with pytest.raises(HpoError, match="--pick must be one of"):
         pick_trial(study, None, "nope")
+    with pytest.raises(HpoError, match="--pick must be one of best, one-se, lcb; got 'confirmed'"):
+        pick_trial(study, None, "confirmed")  # re-scoring the leaders went with its rule
 
 
 def test_search_benchmark_quick_mode(tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -260,7 +254,7 @@ def test_search_benchmark_quick_mode(tmp_path: Path, mnist_dir: Path, monkeypatc
     saved = json.loads(out.read_text())
     assert saved["table"] == report["table"]
     rules = {row["rule"] for row in saved["rows"]}
-    assert rules == {"confirmed", "best", "one-se", "lcb", "ensemble-2"}
+    assert rules == {"best", "one-se", "lcb", "ensemble-2"}
     for row in saved["rows"]:
         assert 0.5 < row["test_mean"] <= 1 and row["complete"] + row["pruned"] >= 3
         assert len(row["test_accuracies"]) == 2, "--quick tests on 2 rounds"
@@ -274,7 +268,7 @@ def test_wilcoxon_pruner_reads_each_folds_accuracy_at_its_checkpoint(
 ) -> None:
     spec = tiny_spec(tmp_path)
     options = app.OptimizeOptions(
-        trials=3, spec=spec, storage=sqlite_url, data_dir=mnist_dir, confirm=0, pruner="wilcoxon", epochs=3
+        trials=3, spec=spec, storage=sqlite_url, data_dir=mnist_dir, pruner="wilcoxon", epochs=3
     )
     study = app.optimize(options, app.Silent()).study
     assert wilcoxon_epoch(3) == 1 and wilcoxon_epoch(25) == 9

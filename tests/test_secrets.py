@@ -35,7 +35,7 @@ def test_no_command_shows_the_storage_password(cli, write_spec, postgres_url, mn
         seen.extend([result.stdout, result.stderr])
         assert result.exit_code == code, (args, result.stdout, result.stderr)
 
-    run("optimize", "--trials", 2, "--spec", spec, "--storage", url, "--data-dir", mnist_dir, "--confirm", 1)
+    run("optimize", "--trials", 2, "--spec", spec, "--storage", url, "--data-dir", mnist_dir)
     run("studies", "--storage", url)
     assert "studies in postgresql+psycopg://postgres:***@" in seen[-2]
     run("export", "--study", "small", "--storage", url, "--format", "json")

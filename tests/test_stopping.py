@@ -74,9 +74,7 @@ def test_optimize_with_patience_stops_at_the_plateau_and_says_why(write_spec, sq
     from test_workers import FINISHED, finish, start_worker, trials_of
 
     spec = write_spec(epochs=1, pruner="none")
-    code, _, err = finish(
-        start_worker(spec, sqlite_url, 60, mnist_dir, "--patience", 2, "--jobs", jobs, "--confirm", 0)
-    )
+    code, _, err = finish(start_worker(spec, sqlite_url, 60, mnist_dir, "--patience", 2, "--jobs", jobs))
     assert code == 0, err
     done = sorted((t for t in trials_of(sqlite_url, "small") if t.state in FINISHED), key=lambda t: t.datetime_complete)
     assert len(done) < 60, "two trials in a row within the folds' noise is all it takes; 60 would be a broken rule"

@@ -178,7 +178,7 @@ def test_sigkilled_worker_trial_is_failed_retried_and_target_reached(write_spec,
     # The stale trial is failed when the survivor starts a trial more than the 3 s grace period
     # after the kill, so the target must outlast that. A trial here takes about 0.25 s on idle
     # cores (12 in 3 s); with 16 the survivor once reached the target first, and the retry was
-    # queued by the leader confirmation's check instead, and left waiting.
+    # left waiting.
     victim, survivor = (start_worker(spec, postgres_url, 48, mnist_dir, "--heartbeat-interval", 1) for _ in range(2))
     running = frozen_in_training(postgres_url, "small", victim, [survivor])
     before = trials_of(postgres_url, "small")

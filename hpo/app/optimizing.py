@@ -1,4 +1,4 @@
-"""What `hpo optimize` does: check its options, load the data, open the study, run the worker loop, confirm.
+"""What `hpo optimize` does: check its options, load the data, open the study, run the worker loop.
 
 Modules that need torch are imported inside the functions that train, so the CLI starts without it.
 """
@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HpoError
-from hpo.readers.results import is_multi_objective, pick_trial, scores
+from hpo.readers.results import is_multi_objective, pick_trial
 from hpo.spec.study_spec import StudySpec, load_spec
 from hpo.store.connect import (
     DEFAULT_RETRIES,
@@ -47,7 +47,6 @@ class OptimizeOptions:
     heartbeat_interval: int = 10
     retries: int = DEFAULT_RETRIES
     connect_timeout: float = 120.0
-    confirm: int = 0  # leaders re-scored on a second draw (0: off; it did not pay: docs/results.md)
     verbose: bool = False
     allow_space_change: bool = False
     precision: str = "float32"  # or bfloat16 / auto (bfloat16 where the CPU has it natively)
@@ -62,8 +61,6 @@ class OptimizeEvents(Protocol):
     def started(self, study: optuna.Study, target: int) -> None: ...
     def trial_finished(self, study: optuna.Study, trial: FrozenTrial | None) -> None: ...
     def stopped(self) -> None: ...
-    def confirmed(self, trial: FrozenTrial, value: float) -> None: ...
-    def confirm_failed(self, trial: FrozenTrial, reason: str) -> None: ...
 
 
 class Silent:
@@ -81,18 +78,11 @@ class Silent:
     def stopped(self) -> None:
         pass
 
-    def confirmed(self, trial: FrozenTrial, value: float) -> None:
-        pass
-
-    def confirm_failed(self, trial: FrozenTrial, reason: str) -> None:
-        pass
-
 
 @dataclass(frozen=True)
 class OptimizeResult:
     study: optuna.Study
     recommended: FrozenTrial | None  # single objective: the trial to test; None before any completes
-    second_score: float | None  # its CV accuracy on the second draw, when confirmed
     pareto: list[FrozenTrial] = field(default_factory=list)  # several objectives: the front
     failed_workers: list[str] = field(default_factory=list)  # --jobs: one line per worker that failed
 
@@ -126,8 +116,6 @@ def check_optimize(options: OptimizeOptions) -> StudySpec:
         raise HpoError(f"--retries must be 0 or more; got {o.retries}")
     if o.connect_timeout < 0:
         raise HpoError(f"--connect-timeout must be 0 or more seconds; got {o.connect_timeout:g}")
-    if o.confirm < 0:
-        raise HpoError(f"--confirm must be 0 or more; got {o.confirm}")
     if o.patience < 0:
         raise HpoError(f"--patience must be 0 (off) or more trials; got {o.patience}")
     if o.patience and spec.multi_objective:
@@ -158,7 +146,7 @@ def study_pairs(options: OptimizeOptions, spec: StudySpec) -> Any:
 
 
 def optimize(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult:
-    """Run the study until it holds `options.trials` finished trials, then confirm its leaders.
+    """Run the study until it holds `options.trials` finished trials (or --patience stops it).
 
     Raises worker.Interrupted when SIGTERM or SIGINT stops it (the trial in hand is failed
     and queued for retry first).
@@ -175,7 +163,7 @@ def optimize(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
         torch.set_num_threads(options.threads)
     device = resolve_device(options.device)
     pairs = study_pairs(options, spec)
-    study, storage = open_study(options, spec, events.notice)
+    study = open_study(options, spec, events.notice)
     digits = keep_targets(study, spec, pairs, options.data_dir)
     events.started(study, options.trials)
     try:
@@ -191,7 +179,6 @@ def optimize(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
     finally:
         events.stopped()
     tell_plateau(options, study, events)
-    confirm(options, spec, study, storage, events)
     return optimize_result(study)
 
 
@@ -221,24 +208,8 @@ def keep_targets(study: optuna.Study, spec: StudySpec, pairs: Any, data_dir: Pat
     return None
 
 
-def confirm(
-    options: OptimizeOptions, spec: StudySpec, study: optuna.Study, storage: Any, events: OptimizeEvents
-) -> None:
-    """Re-score the leaders on a second draw of pairs (hpo.search.confirm), unless turned off."""
-    if not options.confirm or spec.multi_objective:
-        return
-    from hpo.search.confirm import confirm_leaders
-    from hpo.training.batched import resolve_device
-    from hpo.training.data import resolve_data_dir
-
-    data_dir, device = resolve_data_dir(options.data_dir), resolve_device(options.device)
-    confirm_leaders(
-        study, spec, data_dir, options.confirm, device, events, storage=storage, precision=options.precision
-    )
-
-
-def open_study(options: OptimizeOptions, spec: StudySpec, notify: Any) -> tuple[optuna.Study, Any]:
-    """The study store opened for a worker (waiting out outages) and the study, created or checked."""
+def open_study(options: OptimizeOptions, spec: StudySpec, notify: Any) -> optuna.Study:
+    """The study, created or checked, in the store opened for a worker (waiting out outages)."""
     from hpo.search.study import load_or_create
 
     optuna.logging.set_verbosity(optuna.logging.INFO if options.verbose else optuna.logging.ERROR)
@@ -249,13 +220,12 @@ def open_study(options: OptimizeOptions, spec: StudySpec, notify: Any) -> tuple[
         connect_timeout=options.connect_timeout,
         notify=notify,
     )
-    return load_or_create(spec, storage, options.allow_space_change), storage
+    return load_or_create(spec, storage, options.allow_space_change)
 
 
 def optimize_result(study: optuna.Study) -> OptimizeResult:
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return OptimizeResult(study, None, None)
+        return OptimizeResult(study, None)
     if is_multi_objective(study):
-        return OptimizeResult(study, None, None, sorted(study.best_trials, key=lambda t: t.values[0]))
-    best = pick_trial(study, None)
-    return OptimizeResult(study, best, scores(study).get(best.number))
+        return OptimizeResult(study, None, sorted(study.best_trials, key=lambda t: t.values[0]))
+    return OptimizeResult(study, pick_trial(study, None))

@@ -114,14 +114,6 @@ def optimize(
             envvar="HPO_CONNECT_TIMEOUT", help="Seconds to keep retrying a database server that is not reachable yet."
         ),
     ] = 120.0,
-    confirm: Annotated[
-        int,
-        typer.Option(
-            help="Re-score this many leading trials on a second draw of training pairs and recommend the best mean "
-            "of both scores (0, the default: recommend the best CV score; over ten studies re-scoring moved the "
-            "pick's test by +0.02 points on average, docs/results.md)."
-        ),
-    ] = 0,
     allow_space_change: Annotated[
         bool,
         typer.Option(
@@ -170,7 +162,6 @@ def optimize(
         heartbeat_interval=heartbeat_interval,
         retries=retries,
         connect_timeout=connect_timeout,
-        confirm=confirm,
         verbose=verbose,
         allow_space_change=allow_space_change,
         precision=precision,
@@ -233,7 +224,10 @@ def evaluate(
         bool, typer.Option("--json", help="Print the result as JSON (per-round test accuracies under 'accuracies').")
     ] = False,
     pick: Annotated[
-        str, typer.Option(help="How the recommended trial is chosen: confirmed, best, one-se or lcb (docs/results.md).")
+        str,
+        typer.Option(
+            help="How the recommended trial is chosen: best (the best CV score), one-se or lcb (docs/results.md)."
+        ),
     ] = DEFAULT_RULE,
     ensemble: Annotated[
         int,

@@ -2,8 +2,8 @@
 
 Each kernel module says only what inputs it takes (`takes`: device, dtype, shapes, autocast);
 where a kernel pays is policy, and it lives here alone. A trial resolves its choice once
-(`choose`), records its `name`, and confirmation and `hpo evaluate` rebuild the network with
-that choice (`Kernels.named`), so a trial's second score and its test train the same
+(`choose`), records its `name`, and `hpo evaluate` (its rounds and an ensemble's members)
+rebuilds the network with that choice (`Kernels.named`), so a trial's test trains the same
 computation as the trial did, at any thread count.
 """
 

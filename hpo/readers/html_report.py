@@ -22,7 +22,7 @@ import plotly.offline
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.readers.ensemble import ENSEMBLE_KEY
-from hpo.readers.results import fmt, full_params, is_multi_objective, pick_trial, scores
+from hpo.readers.results import fmt, full_params, is_multi_objective, pick_trial
 
 TOP_TRIALS = 10
 
@@ -181,14 +181,8 @@ def _summary(study: optuna.Study) -> Section:
     rows = [("trials", f"{len(trials)}: {counts or 'none'}"), ("objectives", directions)]
     if not is_multi_objective(study) and any(t.state == TrialState.COMPLETE for t in trials):
         rows.append(("best value", f"{study.best_value:.4f} (trial #{study.best_trial.number})"))
-        second = scores(study)
         recommended = pick_trial(study, None)
-        how = (
-            f", {second[recommended.number]:.4f} on a second draw of pairs ({len(second)} leaders re-scored)"
-            if recommended.number in second
-            else ""
-        )
-        rows.append(("recommended trial", f"#{recommended.number}: CV {recommended.value:.4f}{how}"))
+        rows.append(("recommended trial", f"#{recommended.number}: CV {recommended.value:.4f}"))
     return "Study", _table(["", ""], rows, header=False)
 
 

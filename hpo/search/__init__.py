@@ -1,1 +1,1 @@
-"""Optuna glue: study creation, pinning, warm start, the objective, the worker loop, confirmation."""
+"""Optuna glue: study creation, pinning, warm start, the objective, the worker loop, retries and stopping."""

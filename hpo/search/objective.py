@@ -71,7 +71,7 @@ class Objective:
         trial.set_user_attr("fixed_params", self.spec.fixed_params())
         trial.set_user_attr("train", asdict(self.spec.train))
         trial.set_user_attr("precision", self.precision)
-        # Chosen once and recorded: confirmation and `hpo evaluate` rebuild with it, at any thread count.
+        # Chosen once and recorded: `hpo evaluate` rebuilds with it, at any thread count.
         kernels = self.kernels or choose(model_cfg.batch_norm, self.device, self.precision)
         trial.set_user_attr("kernels", kernels.name)
         n_params = TwinNet(model_cfg).parameters_per_member()

@@ -204,7 +204,7 @@ def _check_settings(spec: StudySpec) -> None:
         if objective not in OBJECTIVES:
             raise HpoError(f"unknown objective '{objective}'; choose from {', '.join(OBJECTIVES)}")
     if spec.objectives != ("accuracy",) and not spec.multi_objective:
-        # Pruning, confirmation and the recommendation all read a single objective as accuracy.
+        # Pruning and the recommendation both read a single objective as accuracy.
         raise HpoError(
             f"a single objective must be accuracy; got '{spec.objectives[0]}': search it beside accuracy, "
             f'e.g. objectives = ["accuracy", "{spec.objectives[0]}"] with directions = ["maximize", "minimize"] '

@@ -1,1 +1,1 @@
-"""The study store: opening it from a URL, waiting out outages, claims. No torch."""
+"""The study store: opening it from a URL, waiting out outages. No torch."""

@@ -1,8 +1,8 @@
 """A test hook for the chaos benchmark: HPO_TEST_CLOCK_SKEW=S runs this worker's wall clock S seconds off.
 
-Workers on machines whose clocks disagree must still agree on which trial is stale and which
-claim has lapsed; hpo compares times by the database's clock or by durations one host measured,
-so a worker whose clock runs ahead changes nothing but the start and end times Optuna writes.
+Workers on machines whose clocks disagree must still agree on which trial is stale; hpo
+compares times by the database's clock or by durations one host measured, so a worker whose
+clock runs ahead changes nothing but the start and end times Optuna writes.
 The hook shifts time.time() and the clock Optuna's RDB storage stamps trials with.
 """
 
