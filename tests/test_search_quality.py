@@ -24,6 +24,7 @@ from hpo.readers.ensemble import (
     TARGETS_KEY,
     decode_probabilities,
     encode_probabilities,
+    encode_targets,
     select,
 )
 from hpo.readers.html_report import build_report
@@ -215,12 +216,12 @@ def test_evaluate_ensemble_of_seeds_trains_the_recommended_trial_k_times_without
         )
 
 
-def _trial(value: float, folds: list[float], n_params: int) -> optuna.trial.FrozenTrial:
+def _trial(value: float, folds: list[float], n_params: int, **attrs: str) -> optuna.trial.FrozenTrial:
     return create_trial(
         value=value,
         params={"lr": 1e-3},
         distributions={"lr": FloatDistribution(1e-4, 1e-2)},
-        user_attrs={"fold_accuracies": folds, "n_params": n_params},
+        user_attrs={"fold_accuracies": folds, "n_params": n_params, **attrs},
     )
 
 
@@ -239,8 +240,22 @@ def test_recommendation_rules() -> None:
     assert pick_trial(study, None, "lcb").number in (1, 2), "a steady fold spread beats a lucky one"
     with pytest.raises(HpoError, match="--pick must be one of"):
         pick_trial(study, None, "nope")
-    with pytest.raises(HpoError, match="--pick must be one of best, one-se, lcb; got 'confirmed'"):
+    with pytest.raises(HpoError, match="--pick must be one of best, one-se, lcb, logloss; got 'confirmed'"):
         pick_trial(study, None, "confirmed")  # re-scoring the leaders went with its rule
+
+
+def test_logloss_rule_picks_the_leader_whose_out_of_fold_probabilities_fit_best() -> None:
+    study = optuna.create_study(direction="maximize")
+    targets = [1, 0] * 50
+    study.set_user_attr(TARGETS_KEY, encode_targets(targets))
+    # Both right on 99 pairs of 100; the first by a hair and with one confident miss, the second
+    # sure of every right answer and unsure of its miss: a better fit that accuracy cannot see.
+    lucky = [0.55 if y else 0.45 for y in targets[:-1]] + [0.99]
+    sure = [0.95 if y else 0.05 for y in targets[:-1]] + [0.6]
+    for value, probs in ((0.991, lucky), (0.990, sure)):
+        study.add_trial(_trial(value, [value] * 3, 20_000, oof=encode_probabilities(probs)))
+    assert pick_trial(study, None, "best").number == 0
+    assert pick_trial(study, None, "logloss").number == 1
 
 
 def test_search_benchmark_quick_mode(tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -254,7 +269,7 @@ def test_search_benchmark_quick_mode(tmp_path: Path, mnist_dir: Path, monkeypatc
     saved = json.loads(out.read_text())
     assert saved["table"] == report["table"]
     rules = {row["rule"] for row in saved["rows"]}
-    assert rules == {"best", "one-se", "lcb", "ensemble-2"}
+    assert rules == {"best", "one-se", "lcb", "logloss", "ensemble-2"}
     for row in saved["rows"]:
         assert 0.5 < row["test_mean"] <= 1 and row["complete"] + row["pruned"] >= 3
         assert len(row["test_accuracies"]) == 2, "--quick tests on 2 rounds"
