@@ -238,6 +238,7 @@ def test_recommendation_rules() -> None:
     assert pick_trial(study, None).number == 0, "the default rule: the best CV score"
     assert pick_trial(study, None, "one-se").number == 2, "the smallest within one SE; not #3, which is far below"
     assert pick_trial(study, None, "lcb").number in (1, 2), "a steady fold spread beats a lucky one"
+    assert pick_trial(study, None, "logloss").number == 0, "no stored predictions: the best CV score"
     with pytest.raises(HpoError, match="--pick must be one of"):
         pick_trial(study, None, "nope")
     with pytest.raises(HpoError, match="--pick must be one of best, one-se, lcb, logloss; got 'confirmed'"):

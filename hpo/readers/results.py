@@ -77,11 +77,17 @@ def full_params(trial: FrozenTrial) -> dict[str, Any]:
 #   logloss:   the lowest out-of-fold log loss among the 50 leaders by CV (the ensemble's first
 #              pick, hpo.readers.ensemble): on 1,000 pairs accuracy moves in steps of 0.1 point
 #              and a leader is a dozen errors from the next, while every pair's probability
-#              counts in the log loss
+#              counts in the log loss (a study that stored no predictions: the best CV score)
 # (Re-scoring the leaders on a second draw of pairs was the default once; over ten studies it moved
 # the pick's test by +0.02 points and cost half a minute, so it went: docs/results.md.)
 RULES = ("best", "one-se", "lcb", "logloss")
 DEFAULT_RULE = "best"
+RULE_NAMES = {
+    "best": "best CV",
+    "one-se": "fewest parameters within one standard error of the best CV",
+    "lcb": "best CV less its standard error",
+    "logloss": "lowest out-of-fold log loss of the leaders",
+}
 
 
 def standard_error(trial: FrozenTrial) -> float:
@@ -105,8 +111,11 @@ def recommend(study: optuna.Study, complete: list[FrozenTrial], rule: str) -> Fr
     if rule == "logloss":
         from hpo.readers.ensemble import select_for
 
-        by_number = {t.number: t for t in complete}
-        return by_number[select_for(study, 1).picks[0]]
+        try:
+            chosen = select_for(study, 1).picks[0]
+        except HpoError:  # no stored predictions (fresh pairs per trial, or an older release's trials)
+            return best
+        return next(t for t in complete if t.number == chosen)
     return best
 
 
