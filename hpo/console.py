@@ -128,7 +128,9 @@ def print_optimize(result: OptimizeResult) -> None:
         return
     # A line of its own, not the table's title, which wraps to the table's (narrow) width.
     how = RULE_NAMES[DEFAULT_RULE]
-    out.print(f"recommended trial of study '{study.study_name}': #{best.number} ({how})", highlight=False)
+    out.print(
+        f"recommended trial of study '{study.study_name}': #{best.number} ({how})", highlight=False, soft_wrap=True
+    )
     table = _param_table(None, best.params)
     table.add_row("[bold]CV accuracy", f"[bold]{best.value:.4f}")
     folds = best.user_attrs.get("fold_accuracies")

@@ -28,7 +28,7 @@ def test_each_mode_tests_as_hpo_evaluate_would_from_networks_trained_once(
     result = json.loads(out.read_text())
     modes = result["modes"]
     assert set(modes) == {"weighted", "retrain", "seeds"}
-    recommended = pick_trial(optuna.load_study(study_name="tiny", storage=sqlite_url), None, "best").number
+    recommended = pick_trial(optuna.load_study(study_name="tiny", storage=sqlite_url), None).number
     assert modes["seeds"]["picks"] == [recommended] * 3
     assert sorted(modes["weighted"]["picks"]) == sorted(modes["retrain"]["picks"]), "one selection, two modes"
     assert sum(w for _, _, w in modes["weighted"]["networks"]) == 3 and len(modes["retrain"]["networks"]) == 3

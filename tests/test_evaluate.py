@@ -7,7 +7,7 @@ import optuna
 import pytest
 import torch
 
-from hpo.readers.results import full_params
+from hpo.readers.results import full_params, pick_trial
 from hpo.spec.registry import configs
 from hpo.training.rounds import round_pairs
 
@@ -40,9 +40,9 @@ def test_configs_take_sampled_and_fixed_params_and_the_trials_training_settings(
     assert (train.lr, train.batch_size, train.epochs) == (0.01, 50, 4)
 
 
-def test_best_trial_prints_the_published_table_and_is_saved_in_the_study(cli, small_study, mnist_dir) -> None:
+def test_recommended_trial_prints_the_published_table_and_is_saved_in_the_study(cli, small_study, mnist_dir) -> None:
     url, name = small_study
-    best = load(url, name).best_trial
+    best = pick_trial(load(url, name), None)
     result = cli("evaluate", "--study", name, "--storage", url, "--data-dir", mnist_dir, *FAST)
     assert result.exit_code == 0, result.stderr
     assert f"trial #{best.number} of study '{name}'" in result.stdout

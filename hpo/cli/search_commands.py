@@ -226,8 +226,8 @@ def evaluate(
     pick: Annotated[
         str,
         typer.Option(
-            help="How the recommended trial is chosen: best (the best CV score), one-se, lcb or logloss "
-            "(the lowest out-of-fold log loss among the 50 leaders; docs/results.md)."
+            help="How the recommended trial is chosen: logloss (the lowest out-of-fold log loss among the 50 "
+            "leaders by CV), best (the best CV score), one-se or lcb (docs/results.md)."
         ),
     ] = DEFAULT_RULE,
     ensemble: Annotated[
