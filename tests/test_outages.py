@@ -144,16 +144,7 @@ def test_a_server_down_past_the_timeout_ends_the_worker_with_one_line_and_a_reru
     spec = write_spec(epochs=6, pruner="none")
     # A target the worker cannot reach before the server goes (with 6, one worker once finished
     # the study in about a second, before the test saw a trial in training).
-    proc = start_worker(
-        spec,
-        postgres_url,
-        OUTAGE_TRIALS,
-        mnist_dir,
-        "--heartbeat-interval",
-        1,
-        "--connect-timeout",
-        3,
-    )
+    proc = start_worker(spec, postgres_url, OUTAGE_TRIALS, mnist_dir, "--heartbeat-interval", 1, "--connect-timeout", 3)
     with server_left_running():
         before = wait_for(
             postgres_url,

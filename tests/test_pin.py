@@ -16,20 +16,7 @@ def _snapshot(url: str) -> tuple:
 
 def _started(cli, write_spec, url, mnist_dir):
     spec = write_spec(epochs=1)
-    assert (
-        cli(
-            "optimize",
-            "--trials",
-            1,
-            "--spec",
-            spec,
-            "--storage",
-            url,
-            "--data-dir",
-            mnist_dir,
-        ).exit_code
-        == 0
-    )
+    assert cli("optimize", "--trials", 1, "--spec", spec, "--storage", url, "--data-dir", mnist_dir).exit_code == 0
     return spec
 
 
@@ -41,17 +28,7 @@ def test_a_new_study_stores_its_spec_with_a_hash_and_continues_with_the_same_one
     assert stored == pin_of(load_spec(spec))
     assert stored["text"] == spec.read_text() and len(stored["hash"]) == 64
     assert (stored["directions"], stored["train"]["epochs"], stored["fixed"]["hidden"]) == (["maximize"], 1, 32)
-    again = cli(
-        "optimize",
-        "--trials",
-        2,
-        "--spec",
-        spec,
-        "--storage",
-        sqlite_url,
-        "--data-dir",
-        mnist_dir,
-    )
+    again = cli("optimize", "--trials", 2, "--spec", spec, "--storage", sqlite_url, "--data-dir", mnist_dir)
     assert again.exit_code == 0, again.stderr
     listed = cli("studies", "--storage", sqlite_url, env={"COLUMNS": "200"})
     assert f"small.toml {stored['hash'][:8]}" in listed.stdout, "hpo studies shows each study's spec"
