@@ -7,7 +7,7 @@ import resource
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -55,6 +55,22 @@ def server_left_running() -> Iterator[None]:
             pg("start")
 
 
+def every_worker_training(procs: list[subprocess.Popen]) -> Callable[[list[FrozenTrial]], bool]:
+    """The moment to cut the store: a trial in training, and every worker in its loop.
+
+    Workers start unevenly (imports, numba's cache): a server stopped as soon as the first one
+    trains can come back before the second has opened the store, and that worker then never
+    meets the outage (CI saw one worker finish its 20 trials without a word of it).
+    """
+    pids = {str(p.pid) for p in procs}
+
+    def ready(trials: list[FrozenTrial]) -> bool:
+        started = {str(t.user_attrs.get("worker", "")).rsplit(":", 1)[-1] for t in trials}
+        return pids <= started and bool(running_with_progress(trials))
+
+    return ready
+
+
 def told_once_and_nothing_stuck(trials: list[FrozenTrial], target: int) -> None:
     """The invariants every outage must keep: target reached, nothing failed, stuck or run twice."""
     states = [t.state for t in trials]
@@ -68,7 +84,7 @@ def test_workers_wait_out_a_server_stopped_while_trials_train(write_spec, postgr
     spec = write_spec(epochs=6, pruner="none")
     procs = [start_worker(spec, postgres_url, OUTAGE_TRIALS, mnist_dir, "--heartbeat-interval", 2) for _ in range(2)]
     with server_left_running():
-        wait_for(postgres_url, "small", lambda ts: running_with_progress(ts), procs)
+        wait_for(postgres_url, "small", every_worker_training(procs), procs)
         pg("stop")
         time.sleep(5)
         pg("start")
@@ -82,7 +98,7 @@ def test_workers_survive_a_restart_while_trials_train(write_spec, postgres_url, 
     spec = write_spec(epochs=6, pruner="none")
     procs = [start_worker(spec, postgres_url, OUTAGE_TRIALS, mnist_dir, "--heartbeat-interval", 2) for _ in range(2)]
     with server_left_running():
-        wait_for(postgres_url, "small", lambda ts: running_with_progress(ts), procs)
+        wait_for(postgres_url, "small", every_worker_training(procs), procs)
         pg("restart")
     for code, _, err in map(finish, procs):
         assert code == 0, err
@@ -120,7 +136,7 @@ def test_workers_survive_every_connection_being_terminated(
 ) -> None:
     spec = write_spec(epochs=6, pruner="none")
     procs = [start_worker(spec, postgres_url, OUTAGE_TRIALS, mnist_dir, "--heartbeat-interval", 2) for _ in range(2)]
-    wait_for(postgres_url, "small", lambda ts: running_with_progress(ts), procs)
+    wait_for(postgres_url, "small", every_worker_training(procs), procs)
     database = sqlalchemy.make_url(postgres_url).database
     admin = sqlalchemy.create_engine(postgres_server, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.NullPool)
     with admin.connect() as conn:
