@@ -18,7 +18,7 @@ from rich.table import Table
 
 from hpo.app import OptimizeResult
 from hpo.readers.listing import StudyRow
-from hpo.readers.results import DEFAULT_RULE, RULE_NAMES, fmt, is_multi_objective
+from hpo.readers.results import RULE_NAMES, fmt, is_multi_objective
 from hpo.search.loop import finished_trials
 from hpo.search.signals import Interrupted
 from hpo.store.connect import shown_url
@@ -127,7 +127,7 @@ def print_optimize(result: OptimizeResult) -> None:
         out.print(f"study '{study.study_name}' has no complete trial yet")
         return
     # A line of its own, not the table's title, which wraps to the table's (narrow) width.
-    how = RULE_NAMES[DEFAULT_RULE]
+    how = RULE_NAMES[result.rule]
     out.print(
         f"recommended trial of study '{study.study_name}': #{best.number} ({how})", highlight=False, soft_wrap=True
     )

@@ -4,6 +4,7 @@ selection, `hpo evaluate --ensemble`, the recommendation rules and the search-qu
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 import tomllib
@@ -29,7 +30,7 @@ from hpo.readers.ensemble import (
 )
 from hpo.readers.html_report import build_report
 from hpo.readers.listing import list_studies
-from hpo.readers.results import pick_trial, standard_error
+from hpo.readers.results import pick_trial, recommendation, standard_error
 from hpo.search.objective import Objective, wilcoxon_epoch
 from hpo.spec.study_spec import parse_spec
 from hpo.training.data import cv_pairs, load_mnist
@@ -122,6 +123,17 @@ def test_complete_trials_store_out_of_fold_predictions_that_score_their_cv(
         near_half = (np.abs(probs - 0.5) <= 1 / 254).sum()
         assert abs(oof_accuracy - trial.value) <= near_half / 100 + 1e-6  # the value is float32
         assert trial.user_attrs["resample"] == resample
+
+
+@pytest.mark.parametrize(("resample", "rule"), [("fixed", "lowest out-of-fold log loss"), ("fresh", "best CV")])
+def test_optimize_names_the_rule_that_chose_its_recommendation(
+    tmp_path: Path, sqlite_url: str, mnist_dir: Path, cli, resample: str, rule: str
+) -> None:
+    """Fresh pairs per trial store no out-of-fold predictions: the pick falls back to the best CV, and says so."""
+    spec = tiny_spec(tmp_path, resample)
+    result = cli("optimize", "--trials", 2, "--spec", spec, "--storage", sqlite_url, "--data-dir", mnist_dir)
+    assert result.exit_code == 0, result.output
+    assert re.search(rf"recommended trial of study 'tiny': #\d+ \({rule}\)", result.stdout), result.stdout
 
 
 def test_evaluate_ensemble_trains_the_selected_members(tmp_path: Path, sqlite_url: str, mnist_dir: Path) -> None:
@@ -239,6 +251,7 @@ def test_recommendation_rules() -> None:
     assert pick_trial(study, None, "one-se").number == 2, "the smallest within one SE; not #3, which is far below"
     assert pick_trial(study, None, "lcb").number in (1, 2), "a steady fold spread beats a lucky one"
     assert pick_trial(study, None, "logloss").number == 0, "no stored predictions: the best CV score"
+    assert recommendation(study, "logloss").rule == "best", "and says so"
     with pytest.raises(HpoError, match="--pick must be one of"):
         pick_trial(study, None, "nope")
     with pytest.raises(HpoError, match="--pick must be one of best, one-se, lcb, logloss; got 'confirmed'"):
@@ -257,6 +270,7 @@ def test_logloss_rule_picks_the_leader_whose_out_of_fold_probabilities_fit_best(
         study.add_trial(_trial(value, [value] * 3, 20_000, oof=encode_probabilities(probs)))
     assert pick_trial(study, None, "best").number == 0
     assert pick_trial(study, None, "logloss").number == 1
+    assert recommendation(study, "logloss").rule == "logloss"
 
 
 def test_search_benchmark_quick_mode(tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from hpo.errors import HpoError
-from hpo.readers.results import is_multi_objective, pick_trial
+from hpo.readers.results import DEFAULT_RULE, is_multi_objective, recommendation
 from hpo.spec.study_spec import StudySpec, load_spec
 from hpo.store.connect import (
     DEFAULT_RETRIES,
@@ -85,6 +85,7 @@ class OptimizeResult:
     recommended: FrozenTrial | None  # single objective: the trial to test; None before any completes
     pareto: list[FrozenTrial] = field(default_factory=list)  # several objectives: the front
     failed_workers: list[str] = field(default_factory=list)  # --jobs: one line per worker that failed
+    rule: str = DEFAULT_RULE  # the rule that chose `recommended` (logloss falls back to best without predictions)
 
 
 def check_optimize(options: OptimizeOptions) -> StudySpec:
@@ -224,8 +225,7 @@ def open_study(options: OptimizeOptions, spec: StudySpec, notify: Any) -> optuna
 
 
 def optimize_result(study: optuna.Study) -> OptimizeResult:
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        return OptimizeResult(study, None)
     if is_multi_objective(study):
         return OptimizeResult(study, None, sorted(study.best_trials, key=lambda t: t.values[0]))
-    return OptimizeResult(study, pick_trial(study, None))
+    chosen = recommendation(study)
+    return OptimizeResult(study, None) if chosen is None else OptimizeResult(study, chosen.trial, rule=chosen.rule)

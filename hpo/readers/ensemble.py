@@ -83,15 +83,21 @@ def select(predictions: dict[int, np.ndarray], targets: np.ndarray, k: int) -> S
     return Selection(picks, float(((mean >= 0.5) == (y == 1)).mean()), loss)
 
 
-def study_predictions(study: optuna.Study, library: int = LIBRARY) -> tuple[dict[int, np.ndarray], np.ndarray]:
-    """The leaders' stored predictions, best CV first, and the targets they predict."""
+def study_predictions(
+    study: optuna.Study, library: int = LIBRARY, complete: list[FrozenTrial] | None = None
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """The leaders' stored predictions, best CV first, and the targets they predict.
+
+    `complete`: the study's complete trials when the caller has read them already.
+    """
     targets = study.user_attrs.get(TARGETS_KEY)
     if targets is None:
         raise HpoError(
             f"study '{study.study_name}' holds no out-of-fold predictions (its trials ran before this release, "
             "or with resample = 'fresh', where trials see different pairs); --ensemble needs them"
         )
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if complete is None:
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     stored = [t for t in complete if OOF_KEY in t.user_attrs and t.user_attrs[OOF_KEY]]
     leaders: list[FrozenTrial] = sorted(stored, key=lambda t: (-t.value, t.number))[:library]
     y = np.array([int(c) for c in targets])
@@ -99,7 +105,7 @@ def study_predictions(study: optuna.Study, library: int = LIBRARY) -> tuple[dict
     return {n: p for n, p in predictions.items() if p.shape == y.shape}, y
 
 
-def select_for(study: optuna.Study, k: int) -> Selection:
+def select_for(study: optuna.Study, k: int, complete: list[FrozenTrial] | None = None) -> Selection:
     """Greedy ensemble selection of k members among the study's leaders (k >= 1: hpo.app.ensemble checks)."""
-    predictions, targets = study_predictions(study)
+    predictions, targets = study_predictions(study, complete=complete)
     return select(predictions, targets, k)

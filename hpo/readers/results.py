@@ -96,7 +96,13 @@ def standard_error(trial: FrozenTrial) -> float:
     return statistics.stdev(folds) / len(folds) ** 0.5 if len(folds) > 1 else 0.0
 
 
-def recommend(study: optuna.Study, complete: list[FrozenTrial], rule: str) -> FrozenTrial:
+@dataclass(frozen=True)
+class Recommendation:
+    trial: FrozenTrial
+    rule: str  # the rule applied: logloss falls back to best in a study that stored no predictions
+
+
+def recommend(study: optuna.Study, complete: list[FrozenTrial], rule: str) -> Recommendation:
     """The recommended trial of a single-objective study by `rule` (see RULES)."""
     if rule not in RULES:
         raise HpoError(f"--pick must be one of {', '.join(RULES)}; got '{rule}'")
@@ -105,18 +111,25 @@ def recommend(study: optuna.Study, complete: list[FrozenTrial], rule: str) -> Fr
     if rule == "one-se":
         floor = sign * best.value - standard_error(best)
         near = [t for t in complete if sign * t.value >= floor]
-        return min(near, key=lambda t: (t.user_attrs.get("n_params", float("inf")), -sign * t.value, t.number))
+        chosen = min(near, key=lambda t: (t.user_attrs.get("n_params", float("inf")), -sign * t.value, t.number))
+        return Recommendation(chosen, rule)
     if rule == "lcb":
-        return max(complete, key=lambda t: (sign * t.value - standard_error(t), -t.number))
+        return Recommendation(max(complete, key=lambda t: (sign * t.value - standard_error(t), -t.number)), rule)
     if rule == "logloss":
         from hpo.readers.ensemble import select_for
 
         try:
-            chosen = select_for(study, 1).picks[0]
+            number = select_for(study, 1, complete).picks[0]
         except HpoError:  # no stored predictions (fresh pairs per trial, or an older release's trials)
-            return best
-        return next(t for t in complete if t.number == chosen)
-    return best
+            return Recommendation(best, "best")
+        return Recommendation(next(t for t in complete if t.number == number), rule)
+    return Recommendation(best, "best")
+
+
+def recommendation(study: optuna.Study, rule: str = DEFAULT_RULE) -> Recommendation | None:
+    """What `rule` recommends in a single-objective study; None before any trial completes."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return recommend(study, complete, rule) if complete else None
 
 
 def pick_trial(study: optuna.Study, number: int | None, rule: str = DEFAULT_RULE) -> FrozenTrial:
@@ -131,7 +144,7 @@ def pick_trial(study: optuna.Study, number: int | None, rule: str = DEFAULT_RULE
                 f"study '{study.study_name}' has several objectives, so no single best trial; "
                 f"pick one with --trial N (Pareto-optimal trials: {front})"
             )
-        return recommend(study, complete, rule)
+        return recommend(study, complete, rule).trial
     trials = study.get_trials(deepcopy=False)
     if not 0 <= number < len(trials):
         raise HpoError(f"study '{study.study_name}' has no trial #{number} (trials are #0..#{len(trials) - 1})")
