@@ -8,6 +8,7 @@ import optuna
 import pytest
 import torch
 
+from hpo.kernels import winograd, winograd_tiles
 from hpo.kernels.dispatch import STEM, Kernels
 from hpo.spec.registry import configs
 from hpo.training.model import TwinNet
@@ -18,6 +19,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench  # noqa: E402
 import levers  # noqa: E402
 import per_core  # noqa: E402
+import tile_transforms  # noqa: E402
 
 
 @pytest.mark.postgres
@@ -250,3 +252,19 @@ def test_jobs_benchmark_splits_the_main_commands_wall_time_by_phase_class_and_st
     assert all(name.endswith(("complete", "pruned")) for name in where["by_class_and_state"])
     assert all(", 8/16, " in name for name in where["by_class"]), "the small spec's widths"
     assert set(where["by_kernels"]) <= {"stem", "fused+winograd", "fused+torch"}
+
+
+def test_transforms_benchmark_times_each_winograd_transform_in_training_and_warm(
+    mnist_dir, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("HPO_DATA_DIR", str(mnist_dir))
+    saved = run_quick(tile_transforms.main, tmp_path / "transforms.json")
+    assert set(saved["transforms"]) == set(tile_transforms.TRANSFORMS)
+    for row in saved["transforms"].values():
+        # one epoch of 667 pairs in batches of 25: 27 steps, each transform once a step
+        assert row["calls"] >= 26 and row["in_training_us"] > 0 and row["warm_us"] > 0
+    # the training batch's shapes: 25 pairs (50 images) x 3 folds, 16 -> 64 channels
+    assert saved["transforms"]["_input_to_points"]["shapes"] == [[50, 6, 6, 48], [6, 6, 3, 50, 16]]
+    assert all(getattr(winograd, name) is getattr(winograd_tiles, name) for name in tile_transforms.TRANSFORMS), (
+        "the timed wrappers are removed after the run"
+    )
