@@ -6,8 +6,8 @@
 The second convolution's six tile transforms (hpo/kernels/winograd_tiles.py) are timed around
 every call while the default study's most common trial trains (batch norm, compare head,
 16/64 channels, the default spec's folds and pairs; `--conv1 32` for the wider one). Then each
-transform runs `--repeats` times back to back on copies of the arrays of its last call in
-training, so they sit in cache. The ratio says how much of a transform's time in training is
+transform runs `--repeats` times back to back on the arrays of its last call in training
+(held, not copied), so they sit in cache. The ratio says how much of a transform's time in training is
 waiting for memory: what fusing it with its neighbours (the products, batch norm) could win.
 Medians; JSON to --json.
 """
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import COMMON, DEFAULT_SPEC, cpu_model
+from bench import COMMON, DEFAULT_SPEC, cpu_model, median_of
 
 from hpo.kernels import winograd
 from hpo.search.objective import Objective
@@ -84,12 +84,7 @@ class Recorder:
 def warm_us(run: Callable[..., None], args: tuple, repeats: int) -> float:
     """Median microseconds of a call on arrays it has just used (warm in cache)."""
     run(*args)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(*args)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+    return 1e6 * median_of(repeats, lambda: run(*args))[0]
 
 
 def common_trial(epochs: int, conv1: int) -> Callable[[], float]:
