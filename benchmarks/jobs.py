@@ -12,6 +12,12 @@ machine's load hits both alike, and gives the ratios.
 
     python benchmarks/jobs.py --trials 200 --json benchmarks/results/jobs-200.json   # the main command
     python benchmarks/jobs.py --trials 30 --repeats 2 --compare 1             # --jobs auto against 1
+
+With --store it runs nothing: it reads a study a user's command already ran (its SQLite file or
+any SQLAlchemy URL), given when the command started and how long it took (`/usr/bin/time`'s
+wall clock), and reports where that time went:
+
+    python benchmarks/jobs.py --store /tmp/user/storage/hpo.db --started 2026-12-03T15:03:22 --wall 361
 """
 
 from __future__ import annotations
@@ -137,6 +143,16 @@ def run(jobs: str, trials: int, folder: Path, data_dir: str | None, spec: str | 
     }
 
 
+def where_stored(store: str, started: str, wall: float) -> dict[str, Any]:
+    """`where_time_went` for a study a command already ran: `started` in local time (as Optuna
+    stores trial times), `wall` the command's seconds."""
+    url = store if "://" in store else f"sqlite:///{Path(store).resolve()}"
+    name = optuna.get_all_study_summaries(url)[0].study_name
+    study = optuna.load_study(study_name=name, storage=url)
+    begun = datetime.datetime.fromisoformat(started).replace(tzinfo=None)
+    return where_time_went(study, begun, begun + datetime.timedelta(seconds=wall))
+
+
 def table(runs: list[dict[str, Any]]) -> str:
     lines = [
         "| jobs | wall (min) | start-up (s) | search (min) | end (s) | finished | pruned | best CV |",
@@ -169,7 +185,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--spec", default=None, help="the command's --spec [the default study]")
     ap.add_argument("--data-dir", default=os.environ.get("HPO_DATA_DIR"))
     ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
+    ap.add_argument("--store", default=None, help="run nothing: where this stored study's time went")
+    ap.add_argument("--started", default=None, help="with --store: when the command started (ISO, local time)")
+    ap.add_argument("--wall", type=float, default=None, help="with --store: the command's wall seconds")
     args = ap.parse_args(argv)
+    if args.store is not None:
+        if args.started is None or args.wall is None:
+            ap.error("--store needs --started and --wall")
+        where = where_stored(args.store, args.started, args.wall)
+        print(json.dumps(where, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(where, indent=2) + "\n")
+        return where
     if args.data_dir:  # the command runs in a temporary folder, where a relative path means nothing
         args.data_dir = str(Path(args.data_dir).resolve())
     settings = (args.jobs,) if args.compare is None else (args.jobs, args.compare)
