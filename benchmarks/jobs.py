@@ -109,6 +109,12 @@ def where_time_went(study: optuna.Study, started: datetime.datetime, ended: date
     }
 
 
+def only_study(url: str) -> optuna.Study:
+    """The study a single `hpo optimize` left in its store."""
+    name = optuna.get_all_study_summaries(url)[0].study_name
+    return optuna.load_study(study_name=name, storage=url)
+
+
 def run(jobs: str, trials: int, folder: Path, data_dir: str | None, spec: str | None) -> dict[str, Any]:
     url = f"sqlite:///{folder / 'hpo.db'}"
     argv = [sys.executable, "-m", "hpo", "optimize", "--trials", str(trials), "--jobs", jobs, "--storage", url]
@@ -124,8 +130,7 @@ def run(jobs: str, trials: int, folder: Path, data_dir: str | None, spec: str | 
     ended = datetime.datetime.now()
     if done.returncode != 0:
         raise SystemExit(f"hpo optimize --jobs {jobs} failed: {done.stderr[-2000:]}")
-    name = optuna.get_all_study_summaries(url)[0].study_name
-    study = optuna.load_study(study_name=name, storage=url)
+    study = only_study(url)
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     search_min = (
         max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)
@@ -146,9 +151,7 @@ def run(jobs: str, trials: int, folder: Path, data_dir: str | None, spec: str | 
 def where_stored(store: str, started: str, wall: float) -> dict[str, Any]:
     """`where_time_went` for a study a command already ran: `started` in local time (as Optuna
     stores trial times), `wall` the command's seconds."""
-    url = store if "://" in store else f"sqlite:///{Path(store).resolve()}"
-    name = optuna.get_all_study_summaries(url)[0].study_name
-    study = optuna.load_study(study_name=name, storage=url)
+    study = only_study(store if "://" in store else f"sqlite:///{Path(store).resolve()}")
     begun = datetime.datetime.fromisoformat(started).replace(tzinfo=None)
     return where_time_went(study, begun, begun + datetime.timedelta(seconds=wall))
 

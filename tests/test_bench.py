@@ -2,7 +2,6 @@
 
 import datetime
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -257,43 +256,36 @@ def test_jobs_benchmark_splits_the_main_commands_wall_time_by_phase_class_and_st
 
 
 def test_jobs_benchmark_reads_where_a_finished_commands_time_went_from_its_store(
-    write_spec, mnist_dir, tmp_path, monkeypatch
+    write_spec, mnist_dir, tmp_path, cli
 ) -> None:
     import jobs
 
-    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "hpo.db"
     started = datetime.datetime.now()
-    spec = write_spec(epochs=1)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hpo",
-            "optimize",
-            "--trials",
-            "3",
-            "--jobs",
-            "1",
-            "--spec",
-            str(spec),
-            "--data-dir",
-            str(mnist_dir),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    done = cli(
+        "optimize",
+        "--trials",
+        3,
+        "--jobs",
+        1,
+        "--spec",
+        write_spec(epochs=1),
+        "--data-dir",
+        mnist_dir,
+        "--storage",
+        f"sqlite:///{store}",
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.exit_code == 0, done.stderr[-2000:]
     wall = (datetime.datetime.now() - started).total_seconds()
     out = tmp_path / "where.json"
     where = jobs.main(
-        ["--store", "storage/hpo.db", "--started", started.isoformat(), "--wall", str(wall), "--json", str(out)]
+        ["--store", str(store), "--started", started.isoformat(), "--wall", str(wall), "--json", str(out)]
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(where))
     assert where["wall_s"] == round(wall, 1) and where["phases_s"]["start_up"] > 0
     assert sum(g["trials"] for g in where["by_state"].values()) >= 3
     with pytest.raises(SystemExit):
-        jobs.main(["--store", "storage/hpo.db", "--wall", "1"])
+        jobs.main(["--store", str(store), "--wall", "1"])
 
 
 def test_transforms_benchmark_times_each_winograd_transform_in_training_and_warm(
