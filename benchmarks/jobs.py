@@ -111,8 +111,10 @@ def where_time_went(study: optuna.Study, started: datetime.datetime, ended: date
 
 def only_study(url: str) -> optuna.Study:
     """The study a single `hpo optimize` left in its store."""
-    name = optuna.get_all_study_summaries(url)[0].study_name
-    return optuna.load_study(study_name=name, storage=url)
+    summaries = optuna.get_all_study_summaries(url)
+    if not summaries:
+        raise ValueError(f"no study in {url}")
+    return optuna.load_study(study_name=summaries[0].study_name, storage=url)
 
 
 def run(jobs: str, trials: int, folder: Path, data_dir: str | None, spec: str | None) -> dict[str, Any]:
@@ -195,7 +197,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.store is not None:
         if args.started is None or args.wall is None:
             ap.error("--store needs --started and --wall")
-        where = where_stored(args.store, args.started, args.wall)
+        if "://" not in args.store and not Path(args.store).is_file():
+            ap.error(f"--store {args.store}: no such file")
+        try:
+            where = where_stored(args.store, args.started, args.wall)
+        except ValueError as exc:  # no study in the store, or --started not an ISO time
+            ap.error(str(exc))
         print(json.dumps(where, indent=2))
         if args.json:
             args.json.write_text(json.dumps(where, indent=2) + "\n")

@@ -286,6 +286,13 @@ def test_jobs_benchmark_reads_where_a_finished_commands_time_went_from_its_store
     assert sum(g["trials"] for g in where["by_state"].values()) >= 3
     with pytest.raises(SystemExit):
         jobs.main(["--store", str(store), "--wall", "1"])
+    missing = tmp_path / "missing.db"
+    with pytest.raises(SystemExit) as exit_:
+        jobs.main(["--store", str(missing), "--started", started.isoformat(), "--wall", "1"])
+    assert exit_.value.code == 2 and not missing.exists(), "a store that is not there is not created"
+    with pytest.raises(SystemExit) as exit_:
+        jobs.main(["--store", str(store), "--started", "yesterday", "--wall", "1"])
+    assert exit_.value.code == 2
 
 
 def test_transforms_benchmark_times_each_winograd_transform_in_training_and_warm(
