@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from hpo.errors import HpoError
-from hpo.spec.space import Choice, Fixed, FloatRange, IntRange
+from hpo.spec.space import Fixed, FloatRange, IntRange
 from hpo.spec.study_spec import load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -14,7 +14,7 @@ def test_default_spec_declares_the_seven_parameters() -> None:
     spec = load_spec("twin")
     assert spec.name == "twin" and spec.direction == "maximize"
     assert set(spec.space) >= SEVEN
-    assert spec.space["weight_sharing"] == Choice((True, False))
+    assert spec.space["weight_sharing"] == Fixed(True)  # a searched choice drifted to unshared networks
     assert spec.space["lr"] == FloatRange(1e-4, 1e-2, log=True)
     assert (spec.train.folds, spec.train.epochs, spec.train.train_pairs) == (3, 25, 1000)
 
