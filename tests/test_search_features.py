@@ -172,7 +172,10 @@ def test_default_spec_enqueues_searches_the_new_choices_and_fixes_what_cv_cannot
     spec = load_spec("twin")
     assert spec.enqueue_published
     assert spec.space["head"] == Choice(("compare", "mlp"))
-    assert isinstance(spec.space["conv2_channels"], IntRange)
+    assert isinstance(spec.space["hidden"], IntRange)
+    assert (spec.space["conv1_channels"], spec.space["conv2_channels"]) == (Fixed(32), Fixed(64)), (
+        "searched, the widths' picks tested 0.19 points below the same configurations at 32/64"
+    )
     assert (spec.space["shift"], spec.space["schedule"]) == (Fixed(1), Fixed("cosine"))
     assert spec.space["batch_norm"] == Fixed(True), "a study that searched it could lock onto networks without it"
     assert spec.train.test_epochs > spec.train.epochs, "trials only rank; the recommendation trains longer"
