@@ -119,6 +119,37 @@ def cli() -> Callable[..., object]:
     return invoke
 
 
+EVALUATE_SPEC = """
+[study]
+name = "fixed"
+[train]
+epochs = 1
+[space]
+weight_sharing = true
+aux_weight = 1.0
+lr = 0.003
+batch_norm = true
+conv1_channels = 8
+conv2_channels = 16
+hidden = 32
+"""
+
+
+@pytest.fixture
+def evaluate_record(cli, tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A real `hpo evaluate --json` record of a small fixed spec (2 rounds of 100 pairs, 1 epoch): what
+    benchmarks/paired.py reads."""
+    monkeypatch.setenv("HPO_DATA_DIR", str(mnist_dir))
+    spec = tmp_path / "fixed.toml"
+    spec.write_text(EVALUATE_SPEC)
+    args = ["evaluate", "--spec", spec, "--rounds", "2", "--pairs", "100", "--threads", "1", "--json"]
+    result = cli(*args, "--storage", f"sqlite:///{tmp_path / 'none.db'}")
+    assert result.exit_code == 0, result.stderr
+    path = tmp_path / "record.json"
+    path.write_text(result.stdout)
+    return path
+
+
 @pytest.fixture(scope="session")
 def small_study(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> tuple[str, str]:
     """A real 3-trial study (1 epoch, 200 pairs, narrow net) in its own SQLite file: (url, name).
