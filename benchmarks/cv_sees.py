@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=None, help="MNIST folder (default: $HPO_DATA_DIR or the cache)")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args(argv)
+    if not args.paired.is_file():
+        parser.error(f"no paired.py JSON at '{args.paired}'")
     rows = run(json.loads(args.paired.read_text()), args.spec, args.study_seed, args.inits, args.data_dir)
     print(table(rows, args.inits))
     if args.out is not None:

@@ -7,6 +7,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import cv_sees
@@ -43,3 +45,10 @@ def test_the_same_configuration_scores_the_same_cv_and_a_wider_one_another(
     wider = scored(evaluate_record, tmp_path, "conv1_channels=16")
     assert wider["cv_before"] == same["cv_before"]
     assert (wider["cv_after"], wider["logloss_after"]) != (same["cv_after"], same["logloss_after"])
+
+
+def test_a_missing_paired_file_is_one_line_and_exit_status_2(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        cv_sees.main([str(tmp_path / "missing.json")])
+    assert stop.value.code == 2
+    assert "no paired.py JSON at" in capsys.readouterr().err
