@@ -46,10 +46,10 @@ from hpo.search.objective import Objective
 from hpo.spec.registry import TwinConfig, configs
 from hpo.spec.space import Fixed
 from hpo.spec.study_spec import StudySpec, load_spec
-from hpo.training.batched import native_bfloat16
 from hpo.training.cv import study_folds, trial_seeds
 from hpo.training.data import Pairs, cv_pairs, resolve_data_dir
 from hpo.training.model import TwinNet, compare_digits
+from hpo.training.precision import native_bfloat16
 
 DEFAULT_SPEC = ROOT / "studies" / "twin.toml"  # the built-in default spec
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -366,7 +366,7 @@ def large_batch_throughput(pairs: Pairs, batch: int, steps: int) -> float:
     x, y, c = pairs.inputs[idx], pairs.targets[idx], pairs.classes[idx]
 
     def step() -> None:
-        answer, digits = model(x, gen)
+        answer, digits = model(x, [gen])
         loss = user_loss(answer[0], digits[0], y[0], c[0], 1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 
 from hpo.spec.study_spec import StudySpec, load_spec
-from hpo.training.batched import resolve_device
 from hpo.training.cv import cross_validate, study_folds, trial_seeds
 from hpo.training.data import Folds, Pairs, cv_pairs, resolve_data_dir
 from hpo.training.ensemble import out_of_fold
+from hpo.training.precision import resolve_device
 
 
 def cv_score(params: dict[str, Any], spec: StudySpec, pairs: Pairs, folds: Folds, inits: int) -> tuple[float, float]:

@@ -160,7 +160,7 @@ def reference_step(
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
-            answer, digits = forward(x, gen) if dropout else forward(x)
+            answer, digits = forward(x, [gen] * K) if dropout else forward(x)
         loss = _loss(answer.float(), digits.float(), y, c, 1.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -4,9 +4,10 @@ import pytest
 
 from hpo.errors import HpoError
 from hpo.rng import generator
-from hpo.training.batched import TrainConfig, native_bfloat16, resolve_precision, train_members
+from hpo.training.batched import TrainConfig, train_members
 from hpo.training.data import cv_pairs, stratified_folds
 from hpo.training.model import TwinConfig
+from hpo.training.precision import native_bfloat16, resolve_precision
 
 NATIVE = pytest.mark.skipif(not native_bfloat16(), reason="this CPU has no native bfloat16 (AVX512_BF16 or AMX)")
 
@@ -19,7 +20,7 @@ def test_precision_names_are_validated_and_auto_takes_the_faster_float32() -> No
 
 
 def test_bfloat16_without_native_support_is_a_user_error(monkeypatch) -> None:
-    monkeypatch.setattr("hpo.training.batched.native_bfloat16", lambda: False)
+    monkeypatch.setattr("hpo.training.precision.native_bfloat16", lambda: False)
     with pytest.raises(HpoError, match="no native bfloat16"):
         resolve_precision("bfloat16")
     assert resolve_precision("auto") == "float32"

@@ -57,9 +57,9 @@ def evaluate_ensemble(o: EvaluateOptions, events: EpochEvents | None = None) -> 
     import torch
 
     from hpo.app.evaluating import EvaluateResult
-    from hpo.training.batched import resolve_device, resolve_precision
     from hpo.training.data import resolve_data_dir
     from hpo.training.ensemble import train_and_test_ensemble
+    from hpo.training.precision import resolve_device, resolve_precision
     from hpo.training.rounds import round_pairs
 
     if o.study is None:

@@ -66,8 +66,9 @@ def evaluate(options: EvaluateOptions, events: EpochEvents | None = None) -> Eva
     import torch
 
     from hpo.spec.registry import configs
-    from hpo.training.batched import Diverged, resolve_device, resolve_precision
+    from hpo.training.batched import Diverged
     from hpo.training.data import resolve_data_dir
+    from hpo.training.precision import resolve_device, resolve_precision
     from hpo.training.rounds import round_pairs, train_and_test
 
     o = options

@@ -90,7 +90,7 @@ class OptimizeResult:
 
 def check_optimize(options: OptimizeOptions) -> StudySpec:
     """Every check that needs no data and no database, in the order a user would fix them."""
-    from hpo.training.batched import resolve_device, resolve_precision
+    from hpo.training.precision import resolve_device, resolve_precision
 
     o = options
     spec = load_spec(o.spec).with_overrides(
@@ -157,7 +157,7 @@ def optimize(options: OptimizeOptions, events: OptimizeEvents) -> OptimizeResult
     from hpo.search.loop import run_until
     from hpo.search.objective import Objective
     from hpo.search.stopping import study_plateau
-    from hpo.training.batched import resolve_device, resolve_precision
+    from hpo.training.precision import resolve_device, resolve_precision
 
     spec = check_optimize(options)
     if options.threads:

@@ -13,11 +13,12 @@ from hpo.readers.ensemble import OOF_KEY, encode_probabilities
 from hpo.rng import derive_seed, generator
 from hpo.spec.registry import configs
 from hpo.spec.study_spec import StudySpec
-from hpo.training.batched import Diverged, resolve_precision
+from hpo.training.batched import Diverged
 from hpo.training.cv import cross_validate, study_folds, trial_seeds
 from hpo.training.data import Digits, Folds, Pairs, make_pairs, standardise
 from hpo.training.ensemble import out_of_fold
 from hpo.training.model import TwinNet
+from hpo.training.precision import resolve_precision
 
 
 def seed_trial_number(trial: optuna.Trial) -> int:

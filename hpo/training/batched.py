@@ -1,31 +1,32 @@
 """Train K member networks (CV folds or evaluation rounds) as one batched computation.
 
 Each member has its own training and evaluation rows, its own initialisation and its own
-shuffling stream, so member m trains exactly as it would alone (dropout masks aside: they
-come from one shared stream). The loss is the sum of the members' mean losses, and Adam is
-element-wise, so one optimiser over the grouped parameters is K independent optimisers.
+shuffling, augmentation and dropout streams, so member m trains exactly as it would alone. The
+loss is the sum of the members' mean losses, and Adam is element-wise, so one optimiser over
+the grouped parameters is K independent optimisers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from hpo.errors import HpoError
 from hpo.kernels.dispatch import Kernels, choose
 from hpo.rng import generator
 from hpo.spec.registry import TrainConfig
 from hpo.training.adam import make_adam
 from hpo.training.augment import random_rotate_scale, random_shift, repair
 from hpo.training.data import Pairs, pair_targets
+from hpo.training.groups import Lockstep, member_groups, merged, one_torch_thread
 from hpo.training.model import TwinConfig, TwinNet
+from hpo.training.precision import Precision, autocast, resolve_precision
 
 __all__ = [
     "Diverged",
@@ -33,7 +34,6 @@ __all__ = [
     "TrainResult",
     "evaluate_members",
     "learning_rate",
-    "resolve_device",
     "train_members",
 ]
 
@@ -72,56 +72,6 @@ class TrainResult:
 
 
 EpochHook = Callable[[int, list[float]], None]
-Precision = Literal["float32", "bfloat16"]
-
-
-def native_bfloat16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512_BF16 or AMX), as oneDNN sees it.
-
-    Without it torch emulates bfloat16 through float32, slower than float32 itself.
-    """
-    backend = getattr(torch.backends, "mkldnn", None)
-    return bool(backend is not None and backend.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def resolve_precision(name: str) -> Precision:
-    """--precision: 'float32' (the default), 'bfloat16', or 'auto' (the faster: float32).
-
-    bfloat16 means the network's forward pass runs under autocast (convolutions and matrix
-    products in bfloat16, accumulating in float32); the loss, the gradients' parameters and
-    Adam stay float32. It is asked for explicitly, never by default. 'auto' picked it where the
-    CPU has it natively until hpo's own float32 kernels (stem.py, winograd.py) made float32
-    the faster: the reference trial now trains 1.2x to 1.3x slower in bfloat16 on such a CPU
-    (docs/performance.md), so 'auto' means float32.
-    """
-    if name not in ("auto", "float32", "bfloat16"):
-        raise HpoError(f"--precision must be auto, float32 or bfloat16; got '{name}'")
-    if name == "auto":
-        return "float32"
-    if name == "bfloat16" and not native_bfloat16():
-        raise HpoError(
-            "--precision bfloat16 asked for, but this CPU has no native bfloat16 (AVX512_BF16 or AMX); use "
-            "float32 or auto"
-        )
-    return name
-
-
-def _autocast(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager[object]:
-    """Autocast for the forward pass in bfloat16, a no-op in float32."""
-    if precision == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def resolve_device(name: str) -> torch.device:
-    """--device: 'auto' picks CUDA when present; asking for CUDA without it is a user error."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise HpoError(f"--device must be auto, cpu or cuda; got '{name}'")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise HpoError("--device cuda asked for, but torch sees no CUDA device; use --device cpu or auto")
-    return torch.device(name)
 
 
 def train_members(
@@ -148,67 +98,123 @@ def train_members(
     `resolve_precision` accepts. `kernels`: the first two layers' kernels (hpo.kernels.dispatch),
     by default the dispatch's choice for this device, precision and torch's thread count.
     `on_trained(epoch)` runs after each epoch's training, scored or not (a progress bar's hook).
+    On two CPU threads the members train in two groups side by side (hpo.training.groups);
+    the hooks run on the caller's thread with every member's accuracies.
     """
     device = torch.device(device)
     mode = resolve_precision(precision)
-    k, m = train_index.shape
+    k = train_index.shape[0]
     if len(seeds) != k:
         raise ValueError(f"need one seed per member: {k} members, {len(seeds)} seeds")
     start = time.perf_counter()
     kernels = choose(model_cfg.batch_norm, device, mode) if kernels is None else kernels
-    model = TwinNet(model_cfg, k, kernels).init_([generator(s, "init") for s in seeds]).to(device)
-    # Fused: one kernel per parameter instead of ~10 element-wise passes.
-    optimiser = make_adam(model.parameters(), train_cfg.lr, (train_cfg.beta1, 0.999), train_cfg.weight_decay, device)
-    shufflers = [generator(s, "shuffle") for s in seeds]
-    shifters = [generator(s, "shift") for s in seeds]
-    warpers = [generator(s, "warp") for s in seeds]
-    pairers = [generator(s, "repair") for s in seeds] if train_cfg.repair else None
-    steps = train_cfg.epochs * -(-m // train_cfg.batch_size)
-    step = 0
-    drop_gen = generator(*seeds, "dropout", device=device)
-    train, held_out = train.to(device), held_out.to(device)
-    held_out_index = held_out_index.to(device)
-    history: list[list[float]] = []
-    for epoch in range(1, train_cfg.epochs + 1):
+    split = member_groups(k, device)
+    lockstep = Lockstep(len(split))
+    with one_torch_thread() if len(split) > 1 else contextlib.nullcontext():
+        try:
+            groups = [
+                _Group(
+                    model_cfg,
+                    train_cfg,
+                    train,
+                    train_index[g],
+                    held_out,
+                    held_out_index[g],
+                    [seeds[i] for i in g],
+                    device,
+                    mode,
+                    kernels,
+                )
+                for g in split
+            ]
+            history: list[list[float]] = []
+            digit_accuracies: list[float] = []
+            for epoch in range(1, train_cfg.epochs + 1):
+                score = validate_every_epoch or epoch == train_cfg.epochs
+                scored = lockstep([functools.partial(group.epoch, epoch, score) for group in groups])
+                if on_trained is not None:
+                    on_trained(epoch)
+                if not score:
+                    continue
+                history.append([a for accuracies, _ in scored for a in accuracies])
+                digit_accuracies = [a for _, digits in scored for a in digits]
+                if on_epoch is not None:
+                    on_epoch(epoch, history[-1])
+        finally:
+            lockstep.close()
+        model = merged([group.model for group in groups])
+    return TrainResult(
+        accuracies=history[-1] if history else [],
+        digit_accuracies=digit_accuracies,
+        history=history,
+        seconds=time.perf_counter() - start,
+        n_params=model.parameters_per_member(),
+        model=model,
+    )
+
+
+class _Group:
+    """Some members' network, optimiser and streams, trained an epoch at a time."""
+
+    def __init__(
+        self,
+        model_cfg: TwinConfig,
+        train_cfg: TrainConfig,
+        train: Pairs,
+        train_index: torch.Tensor,
+        held_out: Pairs,
+        held_out_index: torch.Tensor,
+        seeds: Sequence[int],
+        device: torch.device,
+        precision: Precision,
+        kernels: Kernels,
+    ) -> None:
+        k, m = train_index.shape
+        self.cfg, self.train_index, self.device, self.precision = train_cfg, train_index, device, precision
+        self.model = TwinNet(model_cfg, k, kernels).init_([generator(s, "init") for s in seeds]).to(device)
+        # Fused: one kernel per parameter instead of ~10 element-wise passes.
+        self.optimiser = make_adam(
+            self.model.parameters(), train_cfg.lr, (train_cfg.beta1, 0.999), train_cfg.weight_decay, device, k
+        )
+        self.shufflers = [generator(s, "shuffle") for s in seeds]
+        self.shifters = [generator(s, "shift") for s in seeds]
+        self.warpers = [generator(s, "warp") for s in seeds]
+        self.pairers = [generator(s, "repair") for s in seeds] if train_cfg.repair else None
+        self.droppers = [generator(s, "dropout", device=device) for s in seeds]
+        self.steps, self.step = train_cfg.epochs * -(-m // train_cfg.batch_size), 0
+        self.train, self.held_out = train.to(device), held_out.to(device)
+        self.held_out_index = held_out_index.to(device)
+
+    def epoch(self, epoch: int, score: bool) -> tuple[list[float], list[float]]:
+        """Train one epoch; if `score`, the members' answer and digit accuracies after it."""
+        cfg, model, optimiser = self.cfg, self.model, self.optimiser
         model.train()
-        perms = torch.stack([torch.randperm(m, generator=g) for g in shufflers])
-        rows = train_index.gather(1, perms)
-        order = rows.to(device)
-        digit_order = None if pairers is None else repair(rows, pairers).to(device)
-        total = torch.zeros((), device=device)
-        for lo in range(0, m, train_cfg.batch_size):
-            batch = slice(lo, lo + train_cfg.batch_size)
+        m = self.train_index.shape[1]
+        perms = torch.stack([torch.randperm(m, generator=g) for g in self.shufflers])
+        rows = self.train_index.gather(1, perms)
+        order = rows.to(self.device)
+        digit_order = None if self.pairers is None else repair(rows, self.pairers).to(self.device)
+        total = torch.zeros((), device=self.device)
+        for lo in range(0, m, cfg.batch_size):
+            batch = slice(lo, lo + cfg.batch_size)
             digits_in = None if digit_order is None else digit_order[:, batch]
-            inputs, targets, classes = _batch(train, order[:, batch], digits_in)
-            inputs = random_rotate_scale(inputs, train_cfg.rotate, train_cfg.scale, warpers)
-            inputs = random_shift(inputs, train_cfg.shift, shifters)
-            optimiser.param_groups[0]["lr"] = learning_rate(train_cfg, step, steps)
-            step += 1
-            with _autocast(mode, device):
-                answer, digits = model(inputs, drop_gen)
-            loss = _loss(answer.float(), digits.float(), targets, classes, train_cfg.aux_weight)
+            inputs, targets, classes = _batch(self.train, order[:, batch], digits_in)
+            inputs = random_rotate_scale(inputs, cfg.rotate, cfg.scale, self.warpers)
+            inputs = random_shift(inputs, cfg.shift, self.shifters)
+            optimiser.param_groups[0]["lr"] = learning_rate(cfg, self.step, self.steps)
+            self.step += 1
+            with autocast(self.precision, self.device):
+                answer, digits = model(inputs, self.droppers)
+            loss = _loss(answer.float(), digits.float(), targets, classes, cfg.aux_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             total += loss.detach()
         if not torch.isfinite(total):
             raise Diverged(epoch)
-        if on_trained is not None:
-            on_trained(epoch)
-        if not validate_every_epoch and epoch < train_cfg.epochs:
-            continue
-        accuracies, digit_accuracies = evaluate_members(model, held_out, held_out_index, precision=mode)
-        history.append(accuracies)
-        if on_epoch is not None:
-            on_epoch(epoch, accuracies)
-    return TrainResult(
-        accuracies=history[-1] if history else [],
-        digit_accuracies=digit_accuracies if history else [],
-        history=history,
-        seconds=time.perf_counter() - start,
-        n_params=model.parameters_per_member(),
-        model=model,
-    )
+        if not score:
+            return [], []
+        return evaluate_members(model, self.held_out, self.held_out_index, precision=self.precision)
 
 
 def _batch(
@@ -251,7 +257,7 @@ def evaluate_members(
     digits_right = torch.zeros_like(right)
     for lo in range(0, index.shape[1], EVAL_CHUNK):
         idx = index[:, lo : lo + EVAL_CHUNK]
-        with _autocast(mode, index.device):
+        with autocast(mode, index.device):
             answer, digits = model(pairs.inputs[idx])
         right += (answer.argmax(-1) == pairs.targets[idx]).sum(1)
         digits_right += (digits.argmax(-1) == pairs.classes[idx]).sum((1, 2))

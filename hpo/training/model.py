@@ -86,31 +86,37 @@ def _uniform_fan_in(t: torch.Tensor, fan_in: int, gen: torch.Generator) -> None:
         t.uniform_(-bound, bound, generator=gen)
 
 
-_FIRST_LE_SECOND = torch.ones(10, 10).triu()  # [i, j] = 1 where i <= j
-
-
 def compare_digits(digits: torch.Tensor) -> torch.Tensor:
-    """The parameter-free head: P(first <= second) = sum over i <= j of p1(i) p2(j).
+    """The parameter-free head: P(first <= second) = sum over j of p2(j) * P(first <= j).
 
     Given calibrated digit probabilities this is the Bayes answer, so the network only has to
     learn digits. Returned as two-class log-probabilities, so cross-entropy applies unchanged.
+    Row by row (a cumulative sum, a product, a sum over the ten digits), so a member's answer
+    and gradient do not depend on how many members share the call; an einsum's matrix
+    products did, in their last bits.
     """
     p = digits.softmax(-1)
-    le = _FIRST_LE_SECOND.to(device=p.device, dtype=p.dtype)
-    prob = torch.einsum("kni,ij,knj->kn", p[:, :, 0], le, p[:, :, 1]).clamp(1e-7, 1 - 1e-7)
+    prob = (p[:, :, 0].cumsum(-1) * p[:, :, 1]).sum(-1).clamp(1e-7, 1 - 1e-7)
     return torch.stack([torch.log1p(-prob), torch.log(prob)], dim=-1)
 
 
-def dropout(x: torch.Tensor, p: float, training: bool, gen: torch.Generator | None) -> torch.Tensor:
-    """Inverted dropout whose mask comes from an explicit generator.
+def dropout(x: torch.Tensor, p: float, training: bool, gens: Sequence[torch.Generator] | None) -> torch.Tensor:
+    """Inverted dropout on M x ... members, member m's mask drawn from gens[m] alone.
 
-    The mask is a uniform draw compared with p: `bernoulli_` with a generator draws element by
-    element and cost 2 % of a training step; `rand` is vectorised.
+    Each member's own stream makes a member's masks the same whether it trains alone, beside
+    others, or in a group of its own on another thread (hpo.training.groups). The mask is a
+    uniform draw compared with p: `bernoulli_` with a generator draws element by element and
+    cost 2 % of a training step; `rand` is vectorised. No generators: torch's global stream.
     """
     if not training or p == 0.0:
         return x
-    scale = (torch.rand(x.shape, generator=gen, device=x.device) >= p).to(x.dtype) / (1.0 - p)
-    return x * scale
+    if gens is None:
+        draw = torch.rand(x.shape, device=x.device)
+    else:
+        if len(gens) != x.shape[0]:
+            raise ValueError(f"need one dropout generator per member: {x.shape[0]} members, {len(gens)} generators")
+        draw = torch.stack([torch.rand(x.shape[1:], generator=g, device=x.device) for g in gens])
+    return x * ((draw >= p).to(x.dtype) / (1.0 - p))
 
 
 class Encoder(nn.Module):
@@ -133,7 +139,7 @@ class Encoder(nn.Module):
         self.bn3 = MemberBatchNorm1d(members, cfg.hidden) if bn else nn.Identity()
         self.fc2 = MemberLinear(members, cfg.hidden, 10)
 
-    def forward(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gens: Sequence[torch.Generator] | None = None) -> torch.Tensor:
         # Channels-last (N x H x W x M*C in memory) is what oneDNN's grouped convolutions and
         # pooling run fastest on; max-pooling before ReLU is exact (ReLU is monotonic) and
         # leaves ReLU a quarter of the work.
@@ -145,7 +151,7 @@ class Encoder(nn.Module):
         else:
             h = self._second(self._first(images), n)
         h = F.relu(self.bn3(self.fc1(h)))
-        return self.fc2(dropout(h, self.p, self.training, gen))
+        return self.fc2(dropout(h, self.p, self.training, gens))
 
     def _first(self, images: torch.Tensor) -> torch.Tensor:
         """M x N x 14 x 14 images -> N x M*C1 x 6 x 6 maps (channels-last)."""
@@ -192,13 +198,17 @@ class TwinNet(nn.Module):
             else []
         )
 
-    def forward(self, x: torch.Tensor, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, gens: Sequence[torch.Generator] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`gens`: one dropout generator per member (None: torch's global stream)."""
         k, n = x.shape[:2]
         if self.cfg.weight_sharing:
-            digits = self.encoder(x.reshape(k, 2 * n, 1, 14, 14), gen).view(k, n, 2, 10)
-        else:
+            digits = self.encoder(x.reshape(k, 2 * n, 1, 14, 14), gens).view(k, n, 2, 10)
+        else:  # member m's two encoders draw their masks one after the other from gens[m]
             per_image = x.transpose(1, 2).reshape(2 * k, n, 1, 14, 14)
-            digits = self.encoder(per_image, gen).view(k, 2, n, 10).transpose(1, 2)
+            pairs = None if gens is None else [g for g in gens for _ in (0, 1)]
+            digits = self.encoder(per_image, pairs).view(k, 2, n, 10).transpose(1, 2)
         if self.cfg.head == "compare":
             return compare_digits(digits), digits
         head_in = digits.softmax(-1) if self.cfg.head_input == "softmax" else digits
