@@ -130,3 +130,18 @@ def test_fused_first_layer_with_batch_norm_equals_the_unfused_layers_and_updates
     for ours, theirs in zip(fused, reference):
         torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-10)
     assert int(fused[-1]) == int(training)
+
+
+def test_the_fused_layer_passes_gradcheck_in_weight_bias_scale_and_shift() -> None:
+    """Its backward sums the gradients of batch norm's scale and shift itself (per member, in
+    one order); gradcheck compares all four with finite differences, scales of both signs."""
+    from hpo.kernels.first_layer import _FirstLayer
+
+    gen = torch.Generator().manual_seed(1)
+    members, channels = 2, 4
+    x = torch.rand(members, 3, 14, 14, generator=gen, dtype=torch.float64)  # dense: no tied windows
+    weight = torch.randn(members * channels, 1, 3, 3, generator=gen, dtype=torch.float64).requires_grad_()
+    bias = torch.randn(members * channels, generator=gen, dtype=torch.float64).requires_grad_()
+    scale = torch.linspace(-1.4, 2.1, members * channels, dtype=torch.float64).requires_grad_()  # none at 0
+    shift = torch.linspace(0.3, -0.2, members * channels, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *t: _FirstLayer.apply(x, *t), (weight, bias, scale, shift))

@@ -11,8 +11,9 @@ accumulates the weights' gradients from the image directly. It is the same funct
 `relu(max_pool2d(conv2d(x, w, b, groups=M), 2))`, ties and NaNs resolved as PyTorch's
 pooling resolves them (the first largest position, NaN wins), to float rounding. Batch norm
 is a per-channel affine map, so it commutes with pooling once the window's largest value is
-taken where scale * value is largest; its batch statistics follow from the images' patches
-(patch_moments.py).
+taken where scale * value is largest; the loop applies it (scale, shift, then ReLU) to the
+pooled values and its backward sums the gradients of scale and shift, each member's in one
+order. Its batch statistics follow from the images' patches (patch_moments.py).
 
 Numba compiles the two loops for this CPU on first use and caches them on disk. They run on
 one thread: hpo's workers train on one thread each, and at two threads a second thread for
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hpo.kernels.compile import jit, kernel_inputs
@@ -35,14 +35,15 @@ SIZE, KERNEL, POOLED = 14, 3, 6  # 14 x 14 digits, 3 x 3 kernel: 12 x 12, pooled
 _ZERO = np.float32(0)
 
 
-def _forward(x, w, b, sign, rectify, out, arg):
-    """x: M x N x 14 x 14, w: M x 9 x C, b and sign: M x C -> out, arg: N x 6 x 6 x M*C
-    (channels-last): per window the value whose sign-multiplied value is largest, and where."""
+def _forward(x, w, b, scale, shift, out, arg, act):
+    """x: M x N x 14 x 14, w: M x 9 x C, b, scale and shift: M x C -> out, arg, act: N x 6 x 6 x M*C
+    (channels-last): per window the convolution's value where scale * value is largest, where
+    that was, and relu(scale * value + shift)."""
     for m in range(x.shape[0]):
-        _forward_member(x, w, b, sign, rectify, out, arg, m)
+        _forward_member(x, w, b, scale, shift, out, arg, act, m)
 
 
-def _forward_member(x, w, b, sign, rectify, out, arg, m):
+def _forward_member(x, w, b, scale, shift, out, arg, act, m):
     # Per window: the 4 x 4 patch under it held in 16 scalars, then for each channel its four
     # positions (in PyTorch's scan order) from 9 weights loaded once: 11 loads and 2 stores
     # per 36 multiply-adds (a loop per position took 1.2x as long). The stores go to two small
@@ -51,9 +52,14 @@ def _forward_member(x, w, b, sign, rectify, out, arg, m):
     # addresses sometimes collided with the weights' (4K aliasing).
     channels = w.shape[2]
     kept = np.empty(channels, out.dtype)
+    normed = np.empty(channels, out.dtype)
     chosen = np.empty(channels, np.uint8)
+    sign = np.empty(channels, out.dtype)
     w0, w1, w2, w3, w4, w5, w6, w7, w8 = w[m, 0], w[m, 1], w[m, 2], w[m, 3], w[m, 4], w[m, 5], w[m, 6], w[m, 7], w[m, 8]
-    bm, sm = b[m], sign[m]
+    bm, am, hm = b[m], scale[m], shift[m]
+    for c in range(channels):
+        sign[c] = -1 if am[c] < 0 else 1
+    sm = sign
     first, last = m * channels, (m + 1) * channels
     for n in range(x.shape[1]):
         img = x[m, n]
@@ -123,21 +129,26 @@ def _forward_member(x, w, b, sign, rectify, out, arg, m):
                     k = sm[c] * v3
                     take = (k > key) | (v3 != v3)
                     best, which = (v3 if take else best), (np.uint8(3) if take else which)
-                    kept[c] = best if (not rectify or best > 0 or best != best) else _ZERO
+                    kept[c] = best
                     chosen[c] = which
-                pooled, where = out[n, i, j, first:last], arg[n, i, j, first:last]
+                for c in range(channels):  # normalised and rectified (NaN stays NaN, as in ReLU)
+                    y = am[c] * kept[c] + hm[c]
+                    normed[c] = y if (y > 0 or y != y) else _ZERO
+                pooled, where, output = out[n, i, j, first:last], arg[n, i, j, first:last], act[n, i, j, first:last]
                 for c in range(channels):  # stored apart: see above
                     pooled[c] = kept[c]
                     where[c] = chosen[c]
+                    output[c] = normed[c]
 
 
-def _backward(x, g, rectify, out, arg, gw, gb):
-    """The gradients of w and b (M x 9 x C, M x C) from the output's gradient g (N x 6 x 6 x M*C)."""
+def _backward(x, g, scale, out, arg, act, gw, gb, gscale, gshift):
+    """The gradients of w, b, scale and shift (M x 9 x C, M x C, M x C, M x C) from the output's
+    gradient g (N x 6 x 6 x M*C), each member's summed in one fixed order."""
     for m in range(x.shape[0]):
-        _backward_member(x, g, rectify, out, arg, gw[m], gb[m], m)
+        _backward_member(x, g, scale[m], out, arg, act, gw[m], gb[m], gscale[m], gshift[m], m)
 
 
-def _backward_member(x, g, rectify, out, arg, dw, db, m):
+def _backward_member(x, g, am, out, arg, act, dw, db, da, dh, m):
     # The gradient through ReLU, then each weight's from the window's four positions at once,
     # in two loops of at most 5 stores (with 9, LLVM leaves a loop scalar); a loop per
     # position, loading and storing the 9 sums four times, took 1.6x as long.
@@ -145,6 +156,8 @@ def _backward_member(x, g, rectify, out, arg, dw, db, m):
     passed = np.empty(channels, dw.dtype)
     dw[:] = 0
     db[:] = 0
+    da[:] = 0
+    dh[:] = 0
     d0, d1, d2, d3, d4, d5, d6, d7, d8 = dw[0], dw[1], dw[2], dw[3], dw[4], dw[5], dw[6], dw[7], dw[8]
     first, last = m * channels, (m + 1) * channels
     for n in range(x.shape[1]):
@@ -152,13 +165,17 @@ def _backward_member(x, g, rectify, out, arg, dw, db, m):
         for i in range(POOLED):
             for j in range(POOLED):
                 grad, pooled, where = g[n, i, j, first:last], out[n, i, j, first:last], arg[n, i, j, first:last]
+                output = act[n, i, j, first:last]
                 r, s = 2 * i, 2 * j
                 p00, p01, p02, p03 = img[r, s], img[r, s + 1], img[r, s + 2], img[r, s + 3]
                 p10, p11, p12, p13 = img[r + 1, s], img[r + 1, s + 1], img[r + 1, s + 2], img[r + 1, s + 3]
                 p20, p21, p22, p23 = img[r + 2, s], img[r + 2, s + 1], img[r + 2, s + 2], img[r + 2, s + 3]
                 p30, p31, p32, p33 = img[r + 3, s], img[r + 3, s + 1], img[r + 3, s + 2], img[r + 3, s + 3]
-                for c in range(channels):  # through ReLU, if any: where its output is positive
-                    passed[c] = grad[c] if (not rectify or pooled[c] > 0) else _ZERO
+                for c in range(channels):  # through ReLU (where its output is positive), then the affine map
+                    through = grad[c] if output[c] > 0 else _ZERO
+                    dh[c] += through
+                    da[c] += through * pooled[c]
+                    passed[c] = through * am[c]
                     db[c] += passed[c]
                 for c in range(channels):  # through the pooling: to the winning position
                     g0 = passed[c] if where[c] == 0 else _ZERO
@@ -186,33 +203,43 @@ _forward, _backward = jit(_forward), jit(_backward)
 
 
 class _FirstLayer(torch.autograd.Function):
-    """Pooled convolution: per window the value at the position where sign * value is largest
-    (max-pooling of what follows when that is sign * value scaled), rectified if asked."""
+    """relu(scale * pooled + shift), pooled per window at the position where scale * value is
+    largest (max-pooling of the normalised value, which is what follows the convolution)."""
 
     @staticmethod
     def forward(
-        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sign: torch.Tensor, rectify: bool
+        ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
     ) -> torch.Tensor:
         members, images = x.shape[:2]
         channels = weight.shape[0] // members
         w = weight.detach().reshape(members, channels, KERNEL * KERNEL).transpose(1, 2).contiguous()
         out = torch.empty(images, POOLED, POOLED, members * channels, dtype=x.dtype)
+        act = torch.empty_like(out)
         arg = torch.empty(out.shape, dtype=torch.uint8)
-        b, sign = bias.detach().reshape(members, channels), sign.reshape(members, channels).contiguous()
-        _forward(x.numpy(), w.numpy(), b.numpy(), sign.numpy(), rectify, out.numpy(), arg.numpy())
-        ctx.save_for_backward(x, out, arg)
-        ctx.channels, ctx.rectify = channels, rectify
-        return out.permute(0, 3, 1, 2)  # N x M*C x 6 x 6, channels-last in memory
+        b, a, h = (t.detach().reshape(members, channels).contiguous() for t in (bias, scale, shift))
+        _forward(x.numpy(), w.numpy(), b.numpy(), a.numpy(), h.numpy(), out.numpy(), arg.numpy(), act.numpy())
+        ctx.save_for_backward(x, a, out, arg, act)
+        ctx.channels = channels
+        return act.permute(0, 3, 1, 2)  # N x M*C x 6 x 6, channels-last in memory
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor, None, None]:
-        x, out, arg = ctx.saved_tensors
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, a, out, arg, act = ctx.saved_tensors
         members, channels = x.shape[0], ctx.channels
         gw = torch.empty(members, KERNEL * KERNEL, channels, dtype=x.dtype)
-        gb = torch.empty(members, channels, dtype=x.dtype)
-        arrays = (x.numpy(), grad.permute(0, 2, 3, 1).contiguous().numpy(), ctx.rectify, out.numpy(), arg.numpy())
-        _backward(*arrays, gw.numpy(), gb.numpy())
-        return None, gw.transpose(1, 2).reshape(members * channels, 1, KERNEL, KERNEL), gb.reshape(-1), None, None
+        gb, ga, gh = (torch.empty(members, channels, dtype=x.dtype) for _ in range(3))
+        g = grad.permute(0, 2, 3, 1).contiguous()
+        _backward(
+            x.numpy(),
+            g.numpy(),
+            a.numpy(),
+            out.numpy(),
+            arg.numpy(),
+            act.numpy(),
+            *(t.numpy() for t in (gw, gb, ga, gh)),
+        )
+        weight_grad = gw.transpose(1, 2).reshape(members * channels, 1, KERNEL, KERNEL)
+        return None, weight_grad, gb.reshape(-1), ga.reshape(-1), gh.reshape(-1)
 
 
 def takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -237,13 +264,16 @@ def first_layer(
     """
     x = x.contiguous()
     if norm is None:
-        return _FirstLayer.apply(x, weight, bias, torch.ones_like(bias.detach()), True)
-    scale, shift = _batch_norm_affine(x, weight, bias, norm)
+        ones = torch.ones_like(bias.detach())
+        return _FirstLayer.apply(x, weight, bias, ones, torch.zeros_like(ones))
     # Batch norm is a per-channel affine map, so pooling commutes with it: the window's largest
-    # normalised value sits where scale * value is largest. Normalise and rectify the pooled
-    # values only, a quarter of the convolution's output.
-    pooled = _FirstLayer.apply(x, weight, bias, torch.where(scale < 0, -1.0, 1.0).to(x.dtype).detach(), False)
-    return F.relu(pooled * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
+    # normalised value sits where scale * value is largest. The kernel normalises and rectifies
+    # the pooled values only, a quarter of the convolution's output, and sums the gradients of
+    # scale and shift per member in its own order: a member's gradients do not depend on how
+    # many members share the call (PyTorch's channels-last reduction summed a 16-channel
+    # member's tail its own way).
+    scale, shift = _batch_norm_affine(x, weight, bias, norm)
+    return _FirstLayer.apply(x, weight, bias, scale, shift)
 
 
 def _batch_norm_affine(
