@@ -90,8 +90,13 @@ def make_pairs(digits: Digits, n: int, gen: torch.Generator) -> Pairs:
 
 
 def standardise(train: Pairs, *others: Pairs) -> tuple[Pairs, ...]:
-    """Scale every set with the training pairs' mean and std (no test statistics leak in)."""
-    mean, std = train.inputs.mean(), train.inputs.std()
+    """Scale every set with the training pairs' mean and std (no test statistics leak in).
+
+    The statistics are summed in float64: a float32 sum's last bit depended on how many threads
+    shared it, and with it every pair, so a round trained at one thread and at two differed.
+    """
+    pixels = train.inputs.double()
+    mean, std = pixels.mean().to(train.inputs.dtype), pixels.std().to(train.inputs.dtype)
     return tuple(Pairs((p.inputs - mean) / std, p.targets, p.classes) for p in (train, *others))
 
 
