@@ -105,3 +105,38 @@ def test_a_trial_from_before_choices_were_recorded_takes_the_dispatchs(
     )
     evaluate(options)
     assert built[-1] == choose(True) == Kernels(first="fused")
+
+
+def test_a_trial_trained_at_one_thread_retrains_and_tests_the_same_at_two(
+    write_spec, sqlite_url, mnist_dir, threads
+) -> None:
+    """At two threads the members train in two groups (hpo.training.groups) on the same kernels,
+    so a trial's CV and its test are its one-thread numbers exactly, fold by fold, round by round."""
+    spec = load_spec(write_spec(epochs=2, pruner="none"))
+    torch.set_num_threads(1)
+    study = optuna.create_study(study_name="small", storage=sqlite_url, direction="maximize")
+    pairs = cv_pairs(mnist_dir, spec.train.train_pairs, spec.seed, download=False)
+    objective = Objective(spec, pairs, torch.device("cpu"))
+    study.enqueue_trial({"batch_norm": True, "dropout": 0.3})
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    how = recipe(trial)
+    seeds = trial_seeds(spec.seed, trial.number, objective.folds.k)
+    tests = {}
+    for count in (1, 2):
+        torch.set_num_threads(count)
+        again = cross_validate(
+            how.params,
+            how.settings,
+            pairs,
+            objective.folds,
+            seeds,
+            torch.device("cpu"),
+            kernels=Kernels.named(how.kernels),
+        )
+        assert again.accuracies == trial.user_attrs["fold_accuracies"], f"CV at {count} thread(s)"
+        options = EvaluateOptions(
+            study="small", storage=sqlite_url, data_dir=mnist_dir, rounds=4, pairs=200, epochs=2, threads=count
+        )
+        tests[count] = evaluate(options).evaluation.accuracies
+    assert tests[1] == tests[2]
