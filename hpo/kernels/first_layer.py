@@ -154,6 +154,7 @@ def _backward_member(x, g, am, out, arg, act, dw, db, da, dh, m):
     # position, loading and storing the 9 sums four times, took 1.6x as long.
     channels = dw.shape[1]
     passed = np.empty(channels, dw.dtype)
+    through = np.empty(channels, dw.dtype)
     dw[:] = 0
     db[:] = 0
     da[:] = 0
@@ -171,11 +172,13 @@ def _backward_member(x, g, am, out, arg, act, dw, db, da, dh, m):
                 p10, p11, p12, p13 = img[r + 1, s], img[r + 1, s + 1], img[r + 1, s + 2], img[r + 1, s + 3]
                 p20, p21, p22, p23 = img[r + 2, s], img[r + 2, s + 1], img[r + 2, s + 2], img[r + 2, s + 3]
                 p30, p31, p32, p33 = img[r + 3, s], img[r + 3, s + 1], img[r + 3, s + 2], img[r + 3, s + 3]
-                for c in range(channels):  # through ReLU (where its output is positive), then the affine map
-                    through = grad[c] if output[c] > 0 else _ZERO
-                    dh[c] += through
-                    da[c] += through * pooled[c]
-                    passed[c] = through * am[c]
+                for c in range(channels):  # through ReLU: where its output is positive
+                    through[c] = grad[c] if output[c] > 0 else _ZERO
+                for c in range(channels):  # to batch norm's shift and scale
+                    dh[c] += through[c]
+                    da[c] += through[c] * pooled[c]
+                for c in range(channels):  # through the scale, to the convolution's bias
+                    passed[c] = through[c] * am[c]
                     db[c] += passed[c]
                 for c in range(channels):  # through the pooling: to the winning position
                     g0 = passed[c] if where[c] == 0 else _ZERO
