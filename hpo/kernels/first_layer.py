@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from hpo.kernels.compile import jit, kernel_inputs
-from hpo.kernels.patch_moments import OUT, patch_moments
+from hpo.kernels.patch_moments import batch_norm_affine
 
 SIZE, KERNEL, POOLED = 14, 3, 6  # 14 x 14 digits, 3 x 3 kernel: 12 x 12, pooled to 6 x 6
 # A float32 zero: an int literal would make the loops' float32 arithmetic float64 (float64 stays float64).
@@ -269,38 +269,8 @@ def first_layer(
     if norm is None:
         ones = torch.ones_like(bias.detach())
         return _FirstLayer.apply(x, weight, bias, ones, torch.zeros_like(ones))
-    # Batch norm is a per-channel affine map, so pooling commutes with it: the window's largest
-    # normalised value sits where scale * value is largest. The kernel normalises and rectifies
-    # the pooled values only, a quarter of the convolution's output, and sums the gradients of
-    # scale and shift per member in its own order: a member's gradients do not depend on how
-    # many members share the call (PyTorch's channels-last reduction summed a 16-channel
-    # member's tail its own way).
-    scale, shift = _batch_norm_affine(x, weight, bias, norm)
+    # Normalised and rectified in the loop, a quarter of the convolution's output; the gradients
+    # of scale and shift summed per member there too, so a member's do not depend on how many
+    # share the call (PyTorch's channels-last reduction summed a 16-channel member's tail its own way).
+    scale, shift = batch_norm_affine(x, weight, bias, norm)
     return _FirstLayer.apply(x, weight, bias, scale, shift)
-
-
-def _batch_norm_affine(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm: nn.BatchNorm2d
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch norm of the (never built) convolution output as scale * value + shift per channel.
-
-    In training the batch's statistics follow from the images' 3 x 3 patches: a channel's mean
-    is w . mean(patch) + b and its variance w' cov(patch) w, each member from its own images;
-    the running statistics are updated as nn.BatchNorm2d updates them.
-    """
-    members, images = x.shape[:2]
-    if norm.training:
-        mean_patch, cov = patch_moments(x)  # M x 9 x 1, M x 9 x 9
-        count = images * OUT * OUT  # the positions the moments averaged over
-        w = weight.view(members, -1, KERNEL * KERNEL)  # M x C x 9
-        mean = ((w @ mean_patch).squeeze(-1)).reshape(-1) + bias
-        var = torch.einsum("mck,mkl,mcl->mc", w, cov, w).reshape(-1)
-        with torch.no_grad():
-            norm.num_batches_tracked.add_(1)
-            momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
-            norm.running_mean.mul_(1 - momentum).add_(momentum * mean)
-            norm.running_var.mul_(1 - momentum).add_(momentum * var * count / (count - 1))
-    else:
-        mean, var = norm.running_mean, norm.running_var
-    scale = norm.weight / torch.sqrt(var + norm.eps)
-    return scale, norm.bias - scale * mean

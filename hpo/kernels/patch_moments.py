@@ -1,4 +1,5 @@
-"""The first layer's batch statistics from its input: each member's 3x3 patches' mean and covariance.
+"""The first layer's batch statistics from its input: each member's 3x3 patches' mean and covariance,
+and from them batch norm of the layer's (never built) output as a scale and shift per channel.
 
 Batch norm after the fused first layer (first_layer.py) needs each channel's mean and variance
 over the never-built 12 x 12 convolution output. A channel is w . patch + b, so its mean is
@@ -17,6 +18,7 @@ unchanged and the Gram matrix's cancellation small).
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 SIZE, KERNEL = 14, 3
 OUT = SIZE - KERNEL + 1  # 12 x 12 positions
@@ -56,3 +58,30 @@ def patch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     second[:, cols, rows] = upper
     cov = second - mean[:, :, None] * mean[:, None, :]
     return (mean + centre.view(members, 1))[:, :, None], cov
+
+
+def batch_norm_affine(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm: nn.BatchNorm2d
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch norm of the (never built) convolution output as scale * value + shift per channel.
+
+    In training the batch's statistics follow from the images' 3 x 3 patches: a channel's mean
+    is w . mean(patch) + b and its variance w' cov(patch) w, each member from its own images;
+    the running statistics are updated as nn.BatchNorm2d updates them.
+    """
+    members, images = x.shape[:2]
+    if norm.training:
+        mean_patch, cov = patch_moments(x)  # M x 9 x 1, M x 9 x 9
+        count = images * OUT * OUT  # the positions the moments averaged over
+        w = weight.view(members, -1, KERNEL * KERNEL)  # M x C x 9
+        mean = ((w @ mean_patch).squeeze(-1)).reshape(-1) + bias
+        var = torch.einsum("mck,mkl,mcl->mc", w, cov, w).reshape(-1)
+        with torch.no_grad():
+            norm.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+            norm.running_mean.mul_(1 - momentum).add_(momentum * mean)
+            norm.running_var.mul_(1 - momentum).add_(momentum * var * count / (count - 1))
+    else:
+        mean, var = norm.running_mean, norm.running_var
+    scale = norm.weight / torch.sqrt(var + norm.eps)
+    return scale, norm.bias - scale * mean
